@@ -1,0 +1,590 @@
+"""Check, list-allowed, list-subjects and explain over a snapshot and a compiled schema. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gatehouse.graph.store import REL_BITS, REL_MASK, Snapshot, contains
+from gatehouse.graph.tuples import ObjectRef, SubjectRef
+from gatehouse.model.compiler import (
+    ArrowPlan,
+    CallPlan,
+    CompiledSchema,
+    ExclusionPlan,
+    IntersectionPlan,
+    Plan,
+    RelPlan,
+    UnionPlan,
+)
+
+DEFAULT_MAX_DEPTH = 50
+
+
+class EngineError(Exception):
+    """Base of every evaluation failure. A caller must treat it as a deny."""
+
+    code = "ENGINE_ERROR"
+
+
+class InvalidQuery(EngineError):
+    """Unknown type, permission or relation in the request (the caller's mistake)."""
+
+    code = "INVALID_QUERY"
+
+
+class DepthExceeded(EngineError):
+    """The graph is nested deeper than the configured limit along the path being evaluated."""
+
+    code = "MAX_DEPTH_EXCEEDED"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One answer. `reason` is a short tag: the rule or path that allowed, or why it denied."""
+
+    allowed: bool
+    revision: int
+    reason: str
+
+
+@dataclass(slots=True)
+class ProofNode:
+    """One step of an explanation: what was evaluated, whether it held, and its sub-steps."""
+
+    label: str
+    allowed: bool
+    children: list[ProofNode] = field(default_factory=list)
+
+    def render(self, indent: str = "") -> str:
+        mark = "✓" if self.allowed else "✗"
+        lines = [f"{indent}{mark} {self.label}"]
+        for c in self.children:
+            lines.append(c.render(indent + "  "))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "allowed": self.allowed,
+            "children": [c.to_dict() for c in self.children],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    decision: Decision
+    proof: ProofNode
+
+
+class _Query:
+    """Per-request evaluation state: the subject's keys, the current path and memo tables."""
+
+    __slots__ = (
+        "active",
+        "changed",
+        "cut",
+        "cyclic",
+        "depth",
+        "done",
+        "excluded",
+        "memo",
+        "partial",
+        "path",
+        "sk",
+        "snap",
+        "userset",
+        "wk",
+    )
+
+    def __init__(self, snap: Snapshot, sk: int, wk: int, userset: bool) -> None:
+        self.snap = snap
+        self.sk = sk
+        self.wk = wk
+        self.userset = userset
+        self.depth = 0
+        self.path: set[tuple[int, int]] = set()
+        self.memo: dict[tuple[int, int], str | None] = {}
+        self.cut = False
+        self.excluded = False
+        # list-allowed fixpoint state
+        self.done: dict[int, set[int]] = {}
+        self.partial: dict[int, set[int]] = {}
+        self.active: set[int] = set()
+        self.cyclic = False
+        self.changed = False
+
+
+class Evaluator:
+    """Answers queries against any snapshot using one compiled schema.
+
+    Thread-safe and stateless between calls: all per-request state lives in `_Query`.
+    Every failure raises an `EngineError`; callers turn it into a deny.
+    """
+
+    def __init__(self, schema: CompiledSchema, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+        if max_depth < 1:
+            raise ValueError("max_depth must be at least 1")
+        self.schema = schema
+        self.max_depth = max_depth
+        self._calls: dict[int, Plan | None] = {}
+
+    # validation ----------------------------------------------------------------
+    def _resolve(self, type_name: str, permission: str) -> Plan:
+        if not self.schema.has_type(type_name):
+            raise InvalidQuery(f"unknown resource type {type_name!r}")
+        plan = self.schema.plan(type_name, permission)
+        if plan is None:
+            raise InvalidQuery(f"type {type_name!r} has no permission or relation {permission!r}")
+        return plan
+
+    def _subject_query(self, snap: Snapshot, subject: SubjectRef) -> _Query:
+        if not self.schema.has_type(subject.type):
+            raise InvalidQuery(f"unknown subject type {subject.type!r}")
+        if (
+            subject.relation is not None
+            and self.schema.plan(subject.type, subject.relation) is None
+        ):
+            raise InvalidQuery(f"type {subject.type!r} has no relation {subject.relation!r}")
+        it = snap.interner
+        sk = it.subject_key(subject)
+        wk = -1
+        if subject.relation is None:
+            w = it.oid(f"{subject.type}:*")
+            if w is not None:
+                wk = w << REL_BITS
+        return _Query(snap, -1 if sk is None else sk, wk, subject.relation is not None)
+
+    def _plan_for(self, type_name: str, name: str) -> Plan | None:
+        return self.schema.plan(type_name, name)
+
+    # check -----------------------------------------------------------------------
+    def check(
+        self, snap: Snapshot, subject: SubjectRef, permission: str, resource: ObjectRef
+    ) -> Decision:
+        plan = self._resolve(resource.type, permission)
+        q = self._subject_query(snap, subject)
+        oid = snap.interner.oid(f"{resource.type}:{resource.id}")
+        if oid is None:
+            return Decision(False, snap.revision, "no_path")
+        reason = self._check(q, oid, plan)
+        if reason is None:
+            return Decision(False, snap.revision, "excluded" if q.excluded else "no_path")
+        return Decision(True, snap.revision, reason)
+
+    def _hop(self, q: _Query, oid: int, plan: Plan) -> str | None:
+        vk = (oid, id(plan))
+        if vk in q.memo:
+            return q.memo[vk]
+        if vk in q.path:
+            q.cut = True  # a cycle adds nothing new to a monotone union
+            return None
+        if q.depth >= self.max_depth:
+            raise DepthExceeded(f"graph nested deeper than {self.max_depth} levels")
+        outer_cut = q.cut
+        q.cut = False
+        q.path.add(vk)
+        q.depth += 1
+        try:
+            r = self._check(q, oid, plan)
+        finally:
+            q.depth -= 1
+            q.path.discard(vk)
+        # A negative answer that was cut short by a cycle may differ on another path.
+        if r is not None or not q.cut:
+            q.memo[vk] = r
+        q.cut = q.cut or outer_cut
+        return r
+
+    def _check(self, q: _Query, oid: int, plan: Plan) -> str | None:
+        snap = q.snap
+        it = snap.interner
+        kind = type(plan)
+        if kind is RelPlan:
+            assert isinstance(plan, RelPlan)
+            rid = it.rids.get(plan.key)
+            if rid is None:
+                return None
+            fk = oid << REL_BITS | rid
+            if q.userset:
+                if contains(snap.fus(fk), q.sk):
+                    return f"direct {plan.key}"
+            else:
+                arr = snap.fwd(fk)
+                if arr:
+                    if contains(arr, q.sk):
+                        return f"direct {plan.key}"
+                    if q.wk >= 0 and contains(arr, q.wk):
+                        return f"wildcard {plan.key}"
+            for uk in snap.fus(fk):
+                uplan = self._userset_plan(snap, uk & REL_MASK)
+                if uplan is None:
+                    continue
+                r = self._hop(q, uk >> REL_BITS, uplan)
+                if r is not None:
+                    return f"through {it.subject_str(uk)} > {r}"
+            return None
+        if kind is UnionPlan:
+            assert isinstance(plan, UnionPlan)
+            for c in plan.children:
+                r = self._check(q, oid, c)
+                if r is not None:
+                    return r
+            return None
+        if kind is ArrowPlan:
+            assert isinstance(plan, ArrowPlan)
+            rid = it.rids.get(plan.key)
+            if rid is None:
+                return None
+            for tk in snap.fwd(oid << REL_BITS | rid):
+                toid = tk >> REL_BITS
+                tplan = self.schema.plan(it.type_of(toid), plan.computed)
+                if tplan is None:
+                    continue
+                r = self._hop(q, toid, tplan)
+                if r is not None:
+                    return f"{plan.tupleset}->{it.names[toid]} > {r}"
+            return None
+        if kind is CallPlan:
+            assert isinstance(plan, CallPlan)
+            target = self._call(plan)
+            return None if target is None else self._check(q, oid, target)
+        if kind is IntersectionPlan:
+            assert isinstance(plan, IntersectionPlan)
+            parts = []
+            for c in plan.children:
+                r = self._check(q, oid, c)
+                if r is None:
+                    return None
+                parts.append(r)
+            return " & ".join(parts)
+        if kind is ExclusionPlan:
+            assert isinstance(plan, ExclusionPlan)
+            r = self._check(q, oid, plan.base)
+            if r is None:
+                return None
+            if self._check(q, oid, plan.subtract) is not None:
+                q.excluded = True
+                return None
+            return r
+        return None  # NilPlan
+
+    def _call(self, plan: CallPlan) -> Plan | None:
+        k = id(plan)
+        if k not in self._calls:
+            self._calls[k] = self.schema.plan(plan.type, plan.name)
+        return self._calls[k]
+
+    def _userset_plan(self, snap: Snapshot, rid: int) -> Plan | None:
+        tname, _, rel = snap.interner.rel_names[rid].partition("#")
+        return self.schema.plan(tname, rel)
+
+    # list-allowed ----------------------------------------------------------------
+    def list_allowed(
+        self, snap: Snapshot, subject: SubjectRef, permission: str, resource_type: str
+    ) -> list[str]:
+        """Every id of `resource_type` on which `subject` holds `permission`, sorted. Complete."""
+        plan = self._resolve(resource_type, permission)
+        q = self._subject_query(snap, subject)
+        if q.sk < 0 and q.wk < 0:
+            return []
+        while True:
+            q.done = {}
+            q.changed = False
+            q.cyclic = False
+            oids = self._lookup_memo(q, resource_type, plan)
+            if not (q.cyclic and q.changed):
+                break
+        names = snap.interner.names
+        cut = len(resource_type) + 1
+        return sorted(names[o][cut:] for o in oids)
+
+    def _lookup_memo(self, q: _Query, tname: str, plan: Plan) -> set[int]:
+        k = id(plan)
+        hit = q.done.get(k)
+        if hit is not None:
+            return hit
+        if k in q.active:
+            q.cyclic = True
+            return q.partial.get(k, set())
+        if len(q.active) >= self.max_depth:
+            raise DepthExceeded(f"graph nested deeper than {self.max_depth} levels")
+        q.active.add(k)
+        try:
+            res = self._lookup(q, tname, plan)
+        finally:
+            q.active.discard(k)
+        if res != q.partial.get(k):
+            q.partial[k] = res
+            q.changed = True
+        q.done[k] = res
+        return res
+
+    def _lookup(self, q: _Query, tname: str, plan: Plan) -> set[int]:
+        snap = q.snap
+        it = snap.interner
+        if isinstance(plan, RelPlan):
+            rid = it.rids.get(plan.key)
+            if rid is None:
+                return set()
+            res: set[int] = set()
+            if q.sk >= 0:
+                res.update(snap.rev(q.sk << REL_BITS | rid))
+            if q.wk >= 0:
+                res.update(snap.rev(q.wk << REL_BITS | rid))
+            recursive = False
+            for utype, urel in plan.usersets:
+                if utype == plan.type and urel == plan.name:
+                    recursive = True  # nested groups: closed below in one pass
+                    continue
+                urid = it.rids.get(f"{utype}#{urel}")
+                uplan = self.schema.plan(utype, urel)
+                if urid is None or uplan is None:
+                    continue
+                for g in self._lookup_memo(q, utype, uplan):
+                    res.update(snap.rev(((g << REL_BITS | urid) << REL_BITS) | rid))
+            if recursive:
+                frontier = res
+                level = 0
+                while frontier:
+                    level += 1
+                    if level > self.max_depth:
+                        raise DepthExceeded(f"graph nested deeper than {self.max_depth} levels")
+                    nxt: set[int] = set()
+                    for g in frontier:
+                        nxt.update(snap.rev(((g << REL_BITS | rid) << REL_BITS) | rid))
+                    nxt -= res
+                    res |= nxt
+                    frontier = nxt
+            return res
+        if isinstance(plan, UnionPlan):
+            out: set[int] = set()
+            for c in plan.children:
+                out |= self._lookup(q, tname, c)
+            return out
+        if isinstance(plan, ArrowPlan):
+            rid = it.rids.get(plan.key)
+            if rid is None:
+                return set()
+            out = set()
+            for utype in plan.target_types:
+                tplan = self.schema.plan(utype, plan.computed)
+                if tplan is None:
+                    continue
+                for t in self._lookup_memo(q, utype, tplan):
+                    out.update(snap.rev((t << REL_BITS) << REL_BITS | rid))
+            return out
+        if isinstance(plan, CallPlan):
+            target = self._call(plan)
+            return set() if target is None else self._lookup_memo(q, tname, target)
+        if isinstance(plan, IntersectionPlan):
+            sets = [self._lookup(q, tname, c) for c in plan.children]
+            sets.sort(key=len)
+            out = set(sets[0])
+            for s in sets[1:]:
+                out &= s
+            return out
+        if isinstance(plan, ExclusionPlan):
+            base = self._lookup(q, tname, plan.base)
+            keep: set[int] = set()
+            for o in base:
+                cq = _Query(snap, q.sk, q.wk, q.userset)
+                if self._check(cq, o, plan.subtract) is None:
+                    keep.add(o)
+            return keep
+        return set()  # NilPlan
+
+    # list-subjects -----------------------------------------------------------------
+    def list_subjects(
+        self, snap: Snapshot, resource: ObjectRef, permission: str, subject_type: str
+    ) -> list[str]:
+        """Every subject of `subject_type` holding `permission` on `resource`, sorted.
+
+        `type:*` is listed when the permission is granted to every subject of the type
+        (a public grant); the concrete subjects are listed as well.
+        """
+        plan = self._resolve(resource.type, permission)
+        if not self.schema.has_type(subject_type):
+            raise InvalidQuery(f"unknown subject type {subject_type!r}")
+        it = snap.interner
+        oid = it.oid(f"{resource.type}:{resource.id}")
+        if oid is None:
+            return []
+        tid = it.type_ids.get(subject_type)
+        if tid is None:
+            return []
+        candidates: set[int] = set()
+        self._expand(snap, oid, plan, tid, candidates, set(), 0)
+        out: list[str] = []
+        for sk in candidates:
+            wildcard = it.names[sk >> REL_BITS].endswith(":*")
+            q = _Query(snap, sk, sk if wildcard else -1, False)
+            if not wildcard:
+                w = it.oid(f"{subject_type}:*")
+                q.wk = -1 if w is None else w << REL_BITS
+            if self._check(q, oid, plan) is not None:
+                out.append(it.names[sk >> REL_BITS])
+        out.sort()
+        return out
+
+    def _expand(
+        self,
+        snap: Snapshot,
+        oid: int,
+        plan: Plan,
+        tid: int,
+        out: set[int],
+        seen: set[tuple[int, int]],
+        depth: int,
+    ) -> None:
+        """Collect a superset of the plain subjects of type `tid` that may hold `plan`."""
+        it = snap.interner
+        if isinstance(plan, RelPlan):
+            rid = it.rids.get(plan.key)
+            if rid is None:
+                return
+            fk = oid << REL_BITS | rid
+            for sk in snap.fwd(fk):
+                if it.obj_type[sk >> REL_BITS] == tid:
+                    out.add(sk)
+            for uk in snap.fus(fk):
+                uplan = self._userset_plan(snap, uk & REL_MASK)
+                if uplan is not None:
+                    self._expand_hop(snap, uk >> REL_BITS, uplan, tid, out, seen, depth)
+        elif isinstance(plan, UnionPlan):
+            for c in plan.children:
+                self._expand(snap, oid, c, tid, out, seen, depth)
+        elif isinstance(plan, IntersectionPlan):
+            self._expand(snap, oid, plan.children[0], tid, out, seen, depth)
+        elif isinstance(plan, ExclusionPlan):
+            self._expand(snap, oid, plan.base, tid, out, seen, depth)
+        elif isinstance(plan, ArrowPlan):
+            rid = it.rids.get(plan.key)
+            if rid is None:
+                return
+            for tk in snap.fwd(oid << REL_BITS | rid):
+                toid = tk >> REL_BITS
+                tplan = self.schema.plan(it.type_of(toid), plan.computed)
+                if tplan is not None:
+                    self._expand_hop(snap, toid, tplan, tid, out, seen, depth)
+        elif isinstance(plan, CallPlan):
+            target = self._call(plan)
+            if target is not None:
+                self._expand(snap, oid, target, tid, out, seen, depth)
+
+    def _expand_hop(
+        self,
+        snap: Snapshot,
+        oid: int,
+        plan: Plan,
+        tid: int,
+        out: set[int],
+        seen: set[tuple[int, int]],
+        depth: int,
+    ) -> None:
+        vk = (oid, id(plan))
+        if vk in seen:
+            return
+        if depth >= self.max_depth:
+            raise DepthExceeded(f"graph nested deeper than {self.max_depth} levels")
+        seen.add(vk)
+        self._expand(snap, oid, plan, tid, out, seen, depth + 1)
+
+    # explain -------------------------------------------------------------------------
+    def explain(
+        self, snap: Snapshot, subject: SubjectRef, permission: str, resource: ObjectRef
+    ) -> Explanation:
+        """The decision with its proof: every rule tried, and which tuples made it hold."""
+        decision = self.check(snap, subject, permission, resource)
+        q = self._subject_query(snap, subject)
+        oid = snap.interner.oid(f"{resource.type}:{resource.id}")
+        label = f"{resource}#{permission}"
+        plan = self._resolve(resource.type, permission)
+        if oid is None:
+            root = ProofNode(f"{label}: {resource} has no relationships", False)
+        else:
+            root = self._explain(q, oid, plan, label)
+        return Explanation(decision, root)
+
+    def _explain_hop(self, q: _Query, oid: int, plan: Plan, label: str) -> ProofNode:
+        vk = (oid, id(plan))
+        if vk in q.path:
+            return ProofNode(f"{label} (cycle: already being evaluated)", False)
+        if q.depth >= self.max_depth:
+            raise DepthExceeded(f"graph nested deeper than {self.max_depth} levels")
+        q.path.add(vk)
+        q.depth += 1
+        try:
+            return self._explain(q, oid, plan, label)
+        finally:
+            q.depth -= 1
+            q.path.discard(vk)
+
+    def _explain(self, q: _Query, oid: int, plan: Plan, label: str) -> ProofNode:
+        snap = q.snap
+        it = snap.interner
+        obj = it.names[oid]
+        if isinstance(plan, RelPlan):
+            node = ProofNode(f"{obj}#{plan.name}", False)
+            rid = it.rids.get(plan.key)
+            if rid is None:
+                node.label += " (no tuples)"
+                return node
+            fk = oid << REL_BITS | rid
+            arr = snap.fus(fk) if q.userset else snap.fwd(fk)
+            if contains(arr, q.sk):
+                node.children.append(
+                    ProofNode(f"tuple {obj}#{plan.name}@{it.subject_str(q.sk)}", True)
+                )
+            if not q.userset and q.wk >= 0 and contains(snap.fwd(fk), q.wk):
+                node.children.append(
+                    ProofNode(f"tuple {obj}#{plan.name}@{it.subject_str(q.wk)} (wildcard)", True)
+                )
+            for uk in snap.fus(fk):
+                uplan = self._userset_plan(snap, uk & REL_MASK)
+                if uplan is None:
+                    continue
+                child = self._explain_hop(q, uk >> REL_BITS, uplan, it.subject_str(uk))
+                child.label = f"through {obj}#{plan.name}@{it.subject_str(uk)}: {child.label}"
+                node.children.append(child)
+            if not node.children:
+                node.label += " (subject not found)"
+            node.allowed = any(c.allowed for c in node.children)
+            return node
+        if isinstance(plan, UnionPlan):
+            kids = [self._explain(q, oid, c, label) for c in plan.children]
+            return ProofNode(f"{label}: any of", any(k.allowed for k in kids), kids)
+        if isinstance(plan, IntersectionPlan):
+            kids = [self._explain(q, oid, c, label) for c in plan.children]
+            return ProofNode(f"{label}: all of", all(k.allowed for k in kids), kids)
+        if isinstance(plan, ExclusionPlan):
+            base = self._explain(q, oid, plan.base, label)
+            sub = self._explain(q, oid, plan.subtract, label)
+            sub.label = f"excluded if: {sub.label}"
+            return ProofNode(f"{label}: but not", base.allowed and not sub.allowed, [base, sub])
+        if isinstance(plan, ArrowPlan):
+            node = ProofNode(f"{obj}#{plan.tupleset}->{plan.computed}", False)
+            rid = it.rids.get(plan.key)
+            for tk in snap.fwd(oid << REL_BITS | rid) if rid is not None else ():
+                toid = tk >> REL_BITS
+                tplan = self.schema.plan(it.type_of(toid), plan.computed)
+                if tplan is None:
+                    continue
+                tlabel = f"{it.names[toid]}#{plan.computed}"
+                child = self._explain_hop(q, toid, tplan, tlabel)
+                if not child.label.startswith(tlabel):
+                    child = ProofNode(tlabel, child.allowed, [child])
+                node.children.append(child)
+            if not node.children:
+                node.label += f" (no {plan.tupleset})"
+            node.allowed = any(c.allowed for c in node.children)
+            return node
+        if isinstance(plan, CallPlan):
+            target = self._call(plan)
+            inner_label = f"{obj}#{plan.name}"
+            if target is None:
+                return ProofNode(f"{inner_label} (undefined)", False)
+            inner = self._explain(q, oid, target, inner_label)
+            if not inner.label.startswith(inner_label):
+                inner = ProofNode(inner_label, inner.allowed, [inner])
+            return inner
+        return ProofNode("nil", False)
