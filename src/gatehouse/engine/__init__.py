@@ -11,19 +11,25 @@ from gatehouse.engine.evaluator import (
     InvalidQuery,
     ProofNode,
 )
+from gatehouse.engine.state import DecisionState, NotReady, Policy, PolicyRollback, View
 from gatehouse.engine.validate import validate_delta
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
     "CursorCodec",
     "Decision",
+    "DecisionState",
     "DepthExceeded",
     "EngineError",
     "Evaluator",
     "Explanation",
     "InvalidCursor",
     "InvalidQuery",
+    "NotReady",
+    "Policy",
+    "PolicyRollback",
     "ProofNode",
+    "View",
     "page_after",
     "validate_delta",
 ]
