@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PY_DIRS := $(wildcard src tests bench scripts)
 
 .PHONY: install demo test lint typecheck unit protos bench services clean
 
@@ -20,8 +21,8 @@ services:
 	bash scripts/ensure-services.sh
 
 lint: install
-	$(BIN)/ruff check src tests bench scripts
-	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: install
 	$(BIN)/mypy
