@@ -1,0 +1,313 @@
+"""Core decision-engine benchmark: load, memory, check, list-allowed, deltas under reads.
+
+    python bench/bench_core.py --tuples 100000 --tuples 1000000 --out bench/results-core.md
+
+Per size it measures, on the synthetic multi-tenant graph of bench/gen.py:
+  * load time of GraphStore.load (strings in, parsing included);
+  * RSS growth per tuple (/proc/self/statm around the load, after gc.collect());
+  * check latency p50/p99, allowed and denied separately, subject and resource parsed once
+    outside the timed region; and again with parse_subject/parse_object inside it;
+  * list_allowed for a user who may read ~10,000 funds (p50/p99);
+  * GraphStore.apply of 1,000-tuple deltas (p50/p99) while a reader thread runs checks, and
+    the reader's longest stall (largest gap between two consecutive completed checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import os
+import platform
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gen import HUGE_THRESHOLD, SCHEMA, Dataset, delta_batches, generate
+
+from gatehouse.engine import Evaluator
+from gatehouse.graph import Delta, GraphStore, parse_object, parse_subject
+from gatehouse.model import compile_schema
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+TARGETS = {
+    "check_p50_us": 5.0,
+    "check_p99_us": 30.0,
+    "list_p99_ms": 5.0,
+    "bytes_per_tuple": 60.0,
+    "delta_ms": 20.0,
+    "stall_ms": 1.0,
+}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE
+
+
+def pct(samples: list[int], p: float) -> float:
+    s = sorted(samples)
+    return float(s[min(len(s) - 1, int(p / 100.0 * len(s)))])
+
+
+def _pairs(
+    ds: Dataset, ev: Evaluator, st: GraphStore, n: int, seed: int
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """~n allowed and ~n denied (user, fund) pairs, classified by an untimed check.
+
+    Candidates are random same-tenant pairs plus cross-tenant pairs (always denied); a real
+    check decides which list each lands in.
+    """
+    rng = random.Random(seed)
+    allowed: list[tuple[str, str]] = []
+    denied: list[tuple[str, str]] = []
+    snap = st.current
+    tenants = ds.tenants
+    tries = 0
+    while (len(allowed) < n or len(denied) < n) and tries < 50 * n:
+        tries += 1
+        ta = tenants[rng.randrange(len(tenants))]
+        if rng.random() < 0.25 and len(tenants) > 1:
+            tb = tenants[rng.randrange(len(tenants))]
+        else:
+            tb = ta
+        u = ta.users[rng.randrange(len(ta.users))]
+        f = tb.funds[rng.randrange(len(tb.funds))]
+        ok = ev.check(snap, parse_subject(u), "read", parse_object(f)).allowed
+        (allowed if ok else denied).append((u, f))
+    return allowed[:n], denied[:n]
+
+
+def time_checks(
+    ev: Evaluator, st: GraphStore, pairs: list[tuple[str, str]], calls: int, parse: bool
+) -> list[int]:
+    clock = time.perf_counter_ns
+    check = ev.check
+    snap = st.current
+    out: list[int] = []
+    rec = out.append
+    if parse:
+        ps, po = parse_subject, parse_object
+        for i in range(calls):
+            u, f = pairs[i % len(pairs)]
+            t0 = clock()
+            check(snap, ps(u), "read", po(f))
+            rec(clock() - t0)
+    else:
+        parsed = [(parse_subject(u), parse_object(f)) for u, f in pairs]
+        for i in range(calls):
+            s, o = parsed[i % len(parsed)]
+            t0 = clock()
+            check(snap, s, "read", o)
+            rec(clock() - t0)
+    return out
+
+
+def time_calls(fn: Callable[[], object], n: int) -> list[int]:
+    clock = time.perf_counter_ns
+    out = []
+    for _ in range(n):
+        t0 = clock()
+        fn()
+        out.append(clock() - t0)
+    return out
+
+
+def run_size(target: int, args: argparse.Namespace) -> dict[str, float]:
+    r: dict[str, float] = {}
+    ds = generate(target, args.seed, huge=args.huge)
+    r["tuples"] = len(ds.tuples)
+    r["tenants"] = len(ds.tenants)
+    ev = Evaluator(compile_schema(SCHEMA))
+    st = GraphStore()
+
+    gc.collect()
+    rss0 = rss_bytes()
+    t0 = time.perf_counter()
+    snap = st.load(ds.tuples, revision=1)
+    r["load_s"] = time.perf_counter() - t0
+    gc.collect()
+    r["rss_per_tuple"] = (rss_bytes() - rss0) / snap.count
+    r["stored"] = snap.count
+    log(f"  loaded {snap.count} tuples in {r['load_s']:.2f}s, {r['rss_per_tuple']:.0f} B/tuple")
+
+    allowed, denied = _pairs(ds, ev, st, args.pairs, args.seed)
+    r["allowed_pairs"], r["denied_pairs"] = len(allowed), len(denied)
+    for name, pairs in (("allowed", allowed), ("denied", denied)):
+        for parse in (False, True):
+            time_checks(ev, st, pairs, min(2000, args.checks), parse)  # warm up
+            ns = time_checks(ev, st, pairs, args.checks, parse)
+            key = f"check_{name}{'_parsed' if parse else ''}"
+            r[f"{key}_p50"] = pct(ns, 50) / 1e3
+            r[f"{key}_p99"] = pct(ns, 99) / 1e3
+        log(
+            f"  check {name}: p50 {r[f'check_{name}_p50']:.1f}us p99 {r[f'check_{name}_p99']:.1f}us"
+        )
+
+    subj = parse_subject(ds.big_admin)
+    n_ids = len(ev.list_allowed(st.current, subj, "read", "fund"))
+    r["list_ids"] = n_ids
+    ns = time_calls(lambda: ev.list_allowed(st.current, subj, "read", "fund"), args.lists)
+    r["list_p50"] = pct(ns, 50) / 1e6
+    r["list_p99"] = pct(ns, 99) / 1e6
+    log(f"  list_allowed {n_ids} ids: p50 {r['list_p50']:.2f}ms p99 {r['list_p99']:.2f}ms")
+
+    deltas = [Delta.of(w, d) for w, d in delta_batches(ds, args.deltas, args.delta_size, args.seed)]
+    reader_pairs = [(parse_subject(u), parse_object(f)) for u, f in (allowed + denied)[:1000]]
+    stop = threading.Event()
+    stamps: list[int] = []
+
+    def reader() -> None:
+        clock = time.perf_counter_ns
+        rec = stamps.append
+        i = 0
+        n = len(reader_pairs)
+        while not stop.is_set():
+            s, o = reader_pairs[i % n]
+            ev.check(st.current, s, "read", o)
+            rec(clock())
+            i += 1
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    time.sleep(0.05)
+    windows: list[tuple[int, int]] = []
+    compactions = 0
+    for d in deltas:
+        base = st.current._base
+        t0 = time.perf_counter_ns()
+        st.apply(d)
+        t1 = time.perf_counter_ns()
+        windows.append((t0, t1))
+        compactions += st.current._base is not base
+        time.sleep(0.01)
+    stop.set()
+    th.join()
+    ns = [b - a for a, b in windows]
+    r["delta_p50"] = pct(ns, 50) / 1e6
+    r["delta_p99"] = pct(ns, 99) / 1e6
+    r["delta_max"] = max(ns) / 1e6
+    r["compactions"] = compactions
+    r["deltas"] = len(deltas)
+    # The longest gap between consecutive reader completions that overlaps an apply.
+    stall = 0
+    stall_any = 0
+    wi = 0
+    for a, b in itertools.pairwise(stamps):
+        gap = b - a
+        stall_any = max(stall_any, gap)
+        while wi < len(windows) and windows[wi][1] < a:
+            wi += 1
+        if wi < len(windows) and windows[wi][0] <= b:
+            stall = max(stall, gap)
+    r["stall_ms"] = stall / 1e6
+    r["stall_any_ms"] = stall_any / 1e6
+    r["reader_checks"] = len(stamps)
+    log(
+        f"  delta {args.delta_size}: p50 {r['delta_p50']:.1f}ms p99 {r['delta_p99']:.1f}ms, "
+        f"reader stall {r['stall_ms']:.2f}ms, compactions {compactions}"
+    )
+    return r
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _mark(value: float, target: float) -> str:
+    return "✅" if value <= target else "❌"
+
+
+def render(results: list[dict[str, float]], args: argparse.Namespace) -> str:
+    cols = [f"{int(r['tuples']):,} tuples" for r in results]
+    rows: list[tuple[str, str, list[str]]] = []
+
+    def row(label: str, target: str, fmt: Callable[[dict[str, float]], str]) -> None:
+        rows.append((label, target, [fmt(r) for r in results]))
+
+    def tgt(key: str, tk: str) -> Callable[[dict[str, float]], str]:
+        return lambda r: f"{r[key]:.1f} {_mark(r[key], TARGETS[tk])}"
+
+    row("tenants / stored tuples", "", lambda r: f"{int(r['tenants'])} / {int(r['stored']):,}")
+    row("load (s)", "", lambda r: f"{r['load_s']:.2f}")
+    row("RSS growth per tuple (B)", "≤ 60", tgt("rss_per_tuple", "bytes_per_tuple"))
+    for name in ("allowed", "denied"):
+        row(f"check {name} p50 (µs)", "≤ 5", tgt(f"check_{name}_p50", "check_p50_us"))
+        row(f"check {name} p99 (µs)", "≤ 30", tgt(f"check_{name}_p99", "check_p99_us"))
+        row(
+            f"check {name} incl. parsing p50 / p99 (µs)",
+            "",
+            lambda r, n=name: (
+                f"{r[f'check_{n}_parsed_p50']:.1f} / {r[f'check_{n}_parsed_p99']:.1f}"
+            ),
+        )
+    row("list_allowed ids returned", "~10,000", lambda r: f"{int(r['list_ids']):,}")
+    row("list_allowed p50 (ms)", "", lambda r: f"{r['list_p50']:.2f}")
+    row(
+        "list_allowed p99 (ms)",
+        "≤ 5",
+        lambda r: f"{r['list_p99']:.2f} {_mark(r['list_p99'], TARGETS['list_p99_ms'])}",
+    )
+    row(f"apply {args.delta_size}-tuple delta p50 (ms)", "", lambda r: f"{r['delta_p50']:.1f}")
+    row(
+        f"apply {args.delta_size}-tuple delta p99 (ms)",
+        "≤ 20",
+        tgt("delta_p99", "delta_ms"),
+    )
+    row(
+        "deltas that triggered compaction",
+        "",
+        lambda r: f"{int(r['compactions'])}/{int(r['deltas'])}",
+    )
+    row(
+        "reader max stall during apply (ms)",
+        "≤ 1",
+        lambda r: f"{r['stall_ms']:.2f} {_mark(r['stall_ms'], TARGETS['stall_ms'])}",
+    )
+
+    out = ["| metric | target | " + " | ".join(cols) + " |"]
+    out.append("|---|---|" + "---:|" * len(cols))
+    for label, target, vals in rows:
+        out.append(f"| {label} | {target} | " + " | ".join(vals) + " |")
+    head = (
+        f"Python {platform.python_version()} on {platform.machine()}, "
+        f"{os.cpu_count()} CPUs; seed {args.seed}; {args.checks:,} timed checks per row, "
+        f"{args.lists} list_allowed calls, {args.deltas} deltas "
+        f"(80% writes / 20% deletes) with one reader thread; "
+        f"sys.getswitchinterval() = {sys.getswitchinterval() * 1e3:g} ms."
+    )
+    return head + "\n\n" + "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tuples", type=int, action="append", help="repeatable; default 10^5, 10^6")
+    p.add_argument("--out", help="write the markdown table here as well")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--checks", type=int, default=20_000, help="timed checks per row")
+    p.add_argument("--pairs", type=int, default=2_000, help="distinct pairs per outcome")
+    p.add_argument("--lists", type=int, default=50, help="timed list_allowed calls")
+    p.add_argument("--deltas", type=int, default=20)
+    p.add_argument("--delta-size", type=int, default=1_000)
+    p.add_argument("--huge", action="store_true", help=f"allow ≥ {HUGE_THRESHOLD:,} tuples")
+    args = p.parse_args(argv)
+    sizes = args.tuples or [100_000, 1_000_000]
+    results = []
+    for n in sizes:
+        log(f"size {n:,}")
+        results.append(run_size(n, args))
+    text = "## Core engine\n\n" + render(results, args)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
