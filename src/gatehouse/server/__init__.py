@@ -1,0 +1,14 @@
+"""The gRPC adapter: DecisionService servicer, health, reflection and Prometheus metrics."""
+
+from gatehouse.server.app import SERVICE_NAME, ServerHandle, serve
+from gatehouse.server.loading import load_static, read_tuples
+from gatehouse.server.servicer import DecisionServicer
+
+__all__ = [
+    "SERVICE_NAME",
+    "DecisionServicer",
+    "ServerHandle",
+    "load_static",
+    "read_tuples",
+    "serve",
+]

@@ -1,0 +1,120 @@
+"""Build and run the gRPC server: decision service, health, reflection and metrics."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gatehouse.engine.cursor import CursorCodec
+from gatehouse.engine.state import DecisionState
+from gatehouse.server.metrics import Metrics, MetricsInterceptor
+from gatehouse.server.servicer import DEFAULT_MAX_WAIT, DecisionServicer
+from gatehouse.v1 import decision_pb2 as pb
+from gatehouse.v1 import decision_pb2_grpc as pb_grpc
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+
+
+@dataclass
+class ServerHandle:
+    """A running server. `port` is the bound TCP port (0 when listening on a unix socket only)."""
+
+    server: grpc.Server
+    port: int
+    metrics_port: int | None
+    metrics: Metrics
+    health: health.HealthServicer
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _stopped: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float | None = 2.0) -> None:
+        """Report NOT_SERVING, drain in-flight RPCs for up to `grace` seconds, then stop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.enter_graceful_shutdown()
+        self._stop.set()
+        self.server.stop(grace).wait()
+        self.metrics.stop_http()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def _watch_ready(state: DecisionState, hs: health.HealthServicer, stop: threading.Event) -> None:
+    last: bool | None = None
+    while not stop.is_set():
+        ready = state.ready
+        if ready != last:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ready
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            hs.set("", status)
+            hs.set(SERVICE_NAME, status)
+            last = ready
+        stop.wait(0.05)
+
+
+def serve(
+    state: DecisionState,
+    *,
+    listen: str | None = "127.0.0.1:0",
+    unix: str | None = None,
+    metrics_port: int | None = None,
+    reflection_enabled: bool = True,
+    cursor_key: bytes | None = None,
+    max_workers: int = 16,
+    max_wait: float = DEFAULT_MAX_WAIT,
+) -> ServerHandle:
+    """Start serving `state`; return at once with a handle (call `.stop()` to end).
+
+    `cursor_key` signs pagination cursors; without one a random per-process key is used,
+    so cursors do not survive a restart.
+    """
+    if listen is None and unix is None:
+        raise ValueError("nothing to listen on: give listen and/or unix")
+    metrics = Metrics(state)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gatehouse-rpc"),
+        interceptors=[MetricsInterceptor(metrics)],
+    )
+    codec = CursorCodec(cursor_key if cursor_key is not None else os.urandom(32))
+    servicer = DecisionServicer(state, codec, metrics, max_wait)
+    pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    hs = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    if reflection_enabled:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    port = 0
+    if listen is not None:
+        port = server.add_insecure_port(listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}")
+    if unix is not None:
+        target = unix if unix.startswith("unix:") else f"unix:{unix}"
+        if server.add_insecure_port(target) == 0:
+            raise OSError(f"cannot listen on {target}")
+    mport = metrics.start_http(metrics_port) if metrics_port is not None else None
+    handle = ServerHandle(server, port, mport, metrics, hs)
+    # NOT_SERVING until the state is ready; then SERVING.
+    hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    threading.Thread(
+        target=_watch_ready, args=(state, hs, handle._stop), name="gatehouse-health", daemon=True
+    ).start()
+    server.start()
+    return handle

@@ -1,0 +1,163 @@
+"""Prometheus metrics for the gRPC server, on their own registry, served on 127.0.0.1 only.
+
+Labels never carry ids: only method names, status codes and decision results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from gatehouse.engine.state import DecisionState
+
+_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    def __init__(self, state: DecisionState) -> None:
+        self.registry = CollectorRegistry()
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by method and status code.",
+            ["grpc_method", "grpc_code"],
+            registry=self.registry,
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Time to handle an RPC on the server, by method.",
+            ["grpc_method"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "gatehouse_decisions",
+            "Authorization decisions, by result (allow, deny, error).",
+            ["result"],
+            registry=self.registry,
+        )
+        data_rev = Gauge(
+            "gatehouse_data_revision",
+            "Revision of the active data snapshot.",
+            registry=self.registry,
+        )
+        data_rev.set_function(lambda: float(state.store.current.revision))
+        policy_rev = Gauge(
+            "gatehouse_policy_revision", "Revision of the active policy.", registry=self.registry
+        )
+        policy_rev.set_function(
+            lambda: float(state.policy.revision) if state.policy is not None else 0.0
+        )
+        for r in ("allow", "deny", "error"):
+            self.decisions.labels(result=r)
+        self._http: Any = None
+
+    def decision(self, result: str, n: int = 1) -> None:
+        self.decisions.labels(result=result).inc(n)
+
+    def start_http(self, port: int) -> int:
+        """Serve /metrics on 127.0.0.1:`port` (0 = any free port); return the bound port."""
+        server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        self._http = server
+        return int(server.server_port)
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+def _code_of(context: grpc.ServicerContext, default: grpc.StatusCode) -> str:
+    code = context.code()  # type: ignore[attr-defined]
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    return default.name
+
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.ServerInterceptor
+
+
+class MetricsInterceptor(_Interceptor):
+    """Counts and times every unary and server-streaming RPC of a known method."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown method: not labelled (arbitrary names would explode cardinality)
+        method = handler_call_details.method.lstrip("/")
+        handled = self._m.handled
+        timing = self._m.handling.labels(grpc_method=method)
+
+        if handler.unary_unary is not None:
+            inner_uu: Callable[[Any, grpc.ServicerContext], Any] = handler.unary_unary
+
+            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    resp = inner_uu(request, context)
+                except BaseException:
+                    handled.labels(method, _code_of(context, grpc.StatusCode.UNKNOWN)).inc()
+                    raise
+                else:
+                    handled.labels(method, _code_of(context, grpc.StatusCode.OK)).inc()
+                    return resp
+                finally:
+                    timing.observe(time.perf_counter() - t0)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_us: Callable[[Any, grpc.ServicerContext], Iterator[Any]] = handler.unary_stream
+
+            def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                t0 = time.perf_counter()
+                try:
+                    yield from inner_us(request, context)
+                except BaseException:
+                    handled.labels(method, _code_of(context, grpc.StatusCode.UNKNOWN)).inc()
+                    raise
+                else:
+                    handled.labels(method, _code_of(context, grpc.StatusCode.OK)).inc()
+                finally:
+                    timing.observe(time.perf_counter() - t0)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,231 @@
+"""The gRPC DecisionService: a thin adapter from requests to the engine.
+
+Every failure becomes a gRPC error; an error never carries allowed=true.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from gatehouse.engine.cursor import CursorCodec, InvalidCursor, page_after
+from gatehouse.engine.evaluator import DepthExceeded, EngineError, InvalidQuery, ProofNode
+from gatehouse.engine.state import DecisionState, NotReady, View
+from gatehouse.graph.tuples import InvalidReference, parse_object, parse_subject
+from gatehouse.server.metrics import Metrics
+from gatehouse.v1 import decision_pb2 as pb
+from gatehouse.v1 import decision_pb2_grpc as pb_grpc
+
+MAX_BATCH = 1000
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10000
+DEFAULT_MAX_WAIT = 5.0
+
+T = TypeVar("T")
+
+
+class Abort(Exception):
+    """Raised inside a handler; turned into one `context.abort` at the top."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(e, Abort):
+        return e.code, e.message
+    if isinstance(e, InvalidReference | InvalidQuery | InvalidCursor):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+    if isinstance(e, NotReady):
+        return grpc.StatusCode.UNAVAILABLE, f"not ready: {e}"
+    if isinstance(e, DepthExceeded):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(e)
+    if isinstance(e, EngineError):
+        return grpc.StatusCode.INTERNAL, f"{e.code}: {e}"
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
+
+
+def proof_to_pb(node: ProofNode) -> pb.ProofNode:
+    return pb.ProofNode(
+        label=node.label, allowed=node.allowed, children=[proof_to_pb(c) for c in node.children]
+    )
+
+
+class DecisionServicer(pb_grpc.DecisionServiceServicer):
+    def __init__(
+        self,
+        state: DecisionState,
+        codec: CursorCodec,
+        metrics: Metrics | None = None,
+        max_wait: float = DEFAULT_MAX_WAIT,
+    ) -> None:
+        self.state = state
+        self.codec = codec
+        self.metrics = metrics
+        self.max_wait = max_wait
+
+    # helpers -----------------------------------------------------------------
+    def _run(self, context: grpc.ServicerContext, fn: Callable[[], T], decisions: bool) -> T:
+        try:
+            return fn()
+        except Exception as e:
+            if decisions and self.metrics is not None:
+                self.metrics.decision("error")
+            self._abort(context, e)
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, e: BaseException) -> NoReturn:
+        code, msg = _status_for(e)
+        context.abort(code, msg)
+
+    def _view(self, context: grpc.ServicerContext, at_least: int) -> View:
+        """The current view, after waiting (bounded) for data at `at_least` when it is > 0."""
+        if at_least > 0 and self.state.store.current.revision < at_least:
+            remaining = context.time_remaining()
+            limit = self.max_wait
+            by_deadline = False
+            if remaining is not None and remaining - 0.02 < limit:
+                limit = max(0.0, remaining - 0.02)  # answer before the client gives up
+                by_deadline = True
+            t0 = time.monotonic()
+            if self.state.wait_for_revision(at_least, limit) is None:
+                have = self.state.store.current.revision
+                waited = time.monotonic() - t0
+                msg = f"data revision {at_least} not reached after {waited:.2f}s (at {have})"
+                if by_deadline:
+                    raise Abort(grpc.StatusCode.DEADLINE_EXCEEDED, msg)
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION, msg)
+        return self.state.view()
+
+    def _count(self, allowed: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.decision("allow" if allowed else "deny")
+
+    def _check_one(self, view: View, req: pb.CheckRequest) -> pb.CheckResponse:
+        subject = parse_subject(req.subject)
+        resource = parse_object(req.resource)
+        d = view.policy.evaluator.check(view.snapshot, subject, req.permission, resource)
+        return pb.CheckResponse(
+            allowed=d.allowed,
+            revision=d.revision,
+            reason=d.reason,
+            policy_revision=view.policy.revision,
+        )
+
+    # RPCs --------------------------------------------------------------------
+    def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
+        def go() -> pb.CheckResponse:
+            view = self._view(context, request.at_least_revision)
+            resp = self._check_one(view, request)
+            self._count(resp.allowed)
+            return resp
+
+        return self._run(context, go, decisions=True)
+
+    def CheckBatch(
+        self, request: pb.CheckBatchRequest, context: grpc.ServicerContext
+    ) -> pb.CheckBatchResponse:
+        def go() -> pb.CheckBatchResponse:
+            n = len(request.checks)
+            if n > MAX_BATCH:
+                raise Abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"batch of {n} checks exceeds the limit of {MAX_BATCH}",
+                )
+            at_least = max(
+                [request.at_least_revision, *(c.at_least_revision for c in request.checks)]
+            )
+            view = self._view(context, at_least)
+            results = [self._check_one(view, c) for c in request.checks]
+            if self.metrics is not None:
+                allowed = sum(1 for r in results if r.allowed)
+                if allowed:
+                    self.metrics.decision("allow", allowed)
+                if n - allowed:
+                    self.metrics.decision("deny", n - allowed)
+            return pb.CheckBatchResponse(
+                results=results,
+                revision=view.snapshot.revision,
+                policy_revision=view.policy.revision,
+            )
+
+        return self._run(context, go, decisions=True)
+
+    def ListAllowed(
+        self, request: pb.ListAllowedRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ListAllowedResponse]:
+        def prepare() -> tuple[View, list[str], str | None, int]:
+            if request.page_size < 0:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative")
+            size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            subject = parse_subject(request.subject)
+            query = f"la|{subject}|{request.permission}|{request.resource_type}"
+            after = self.codec.decode(query, request.cursor) if request.cursor else None
+            view = self._view(context, request.at_least_revision)
+            ids = view.policy.evaluator.list_allowed(
+                view.snapshot, subject, request.permission, request.resource_type
+            )
+            return view, ids, after, size
+
+        view, ids, after, size = self._run(context, prepare, decisions=False)
+        query = f"la|{parse_subject(request.subject)}|{request.permission}|{request.resource_type}"
+        prefix = f"{request.resource_type}:"
+        rev = view.snapshot.revision
+        while True:
+            chunk, last = page_after(ids, after, size)
+            cursor = self.codec.encode(query, last) if last is not None else ""
+            yield pb.ListAllowedResponse(
+                ids=[prefix + i for i in chunk], revision=rev, next_cursor=cursor
+            )
+            if last is None:
+                return
+            after = last
+
+    def ListSubjects(
+        self, request: pb.ListSubjectsRequest, context: grpc.ServicerContext
+    ) -> pb.ListSubjectsResponse:
+        def go() -> pb.ListSubjectsResponse:
+            resource = parse_object(request.resource)
+            view = self._view(context, request.at_least_revision)
+            subjects = view.policy.evaluator.list_subjects(
+                view.snapshot, resource, request.permission, request.subject_type
+            )
+            return pb.ListSubjectsResponse(subjects=subjects, revision=view.snapshot.revision)
+
+        return self._run(context, go, decisions=False)
+
+    def Explain(
+        self, request: pb.ExplainRequest, context: grpc.ServicerContext
+    ) -> pb.ExplainResponse:
+        def go() -> pb.ExplainResponse:
+            subject = parse_subject(request.subject)
+            resource = parse_object(request.resource)
+            view = self._view(context, request.at_least_revision)
+            ex = view.policy.evaluator.explain(view.snapshot, subject, request.permission, resource)
+            self._count(ex.decision.allowed)
+            return pb.ExplainResponse(
+                allowed=ex.decision.allowed,
+                revision=ex.decision.revision,
+                reason=ex.decision.reason,
+                proof=proof_to_pb(ex.proof),
+                policy_revision=view.policy.revision,
+            )
+
+        return self._run(context, go, decisions=True)
+
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
+        policy = self.state.policy
+        return pb.StatusResponse(
+            policy_name=policy.name if policy is not None else "",
+            policy_revision=policy.revision if policy is not None else 0,
+            data_revision=self.state.store.current.revision,
+            ready=self.state.ready,
+        )
+
+    def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingResponse:
+        return pb.PingResponse()
