@@ -107,7 +107,7 @@ def test_bundle_schema_parses_and_manifest_is_sane(bundle: Path) -> None:
 
 def test_all_seed_bundles_present() -> None:
     names = {b.name for b in BUNDLES}
-    assert {"kontomatik", "ontra", "importers"} <= names
+    assert {"kontomatik", "ontra", "importers", "infosum"} <= names
 
 
 @pytest.mark.parametrize(("bundle", "test_file", "kind", "row", "steps"), _cases())
@@ -133,3 +133,20 @@ def test_scenario_row(
             snap, parse_object(row["resource"]), row["permission"], row["subject_type"]
         )
         assert got == sorted(row["expected"] or [])
+
+
+@pytest.mark.parametrize(
+    "bundle",
+    [b for b in BUNDLES if (b / "gen.py").is_file()],
+    ids=[b.name for b in BUNDLES if (b / "gen.py").is_file()],
+)
+def test_generated_files_in_sync(bundle: Path) -> None:
+    """Bundles whose schema/fixture are generated from data/ must be regenerated after edits."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"gen_{bundle.name}", bundle / "gen.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (bundle / "schema.zed").read_text(encoding="utf-8") == mod.schema_text()
+    assert (bundle / "fixture.yaml").read_text(encoding="utf-8") == mod.fixture_text()
