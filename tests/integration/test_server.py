@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+import signal
 import subprocess
 import sys
 import threading
@@ -317,3 +319,66 @@ def test_cli_check_subprocess(server: ServerHandle) -> None:
         "list-allowed", "--addr", server.address, "--page-size", "3", "user:ann", "view", "fund"
     )
     assert r.returncode == 0 and r.stdout.split() == ANN_VIEW
+
+
+def test_unix_socket(state: DecisionState, tmp_path: pathlib.Path) -> None:
+    sock = tmp_path / "gh.sock"
+    handle = serve(state, listen=None, unix=str(sock), reflection_enabled=False)
+    try:
+        with grpc.insecure_channel(f"unix:{sock}") as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            r = stub.Check(
+                pb.CheckRequest(subject="user:ann", permission="view", resource="fund:f1")
+            )
+            assert r.allowed
+    finally:
+        handle.stop(0.5)
+
+
+def test_reflection_lists_services(channel: grpc.Channel) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    rs = reflection_pb2_grpc.ServerReflectionStub(channel)
+    req = reflection_pb2.ServerReflectionRequest(list_services="")
+    resp = next(iter(rs.ServerReflectionInfo(iter([req]), timeout=5)))
+    names = {s.name for s in resp.list_services_response.service}
+    assert SERVICE_NAME in names and "grpc.health.v1.Health" in names
+
+
+@pytest.mark.slow
+def test_cli_serve_sigterm(tmp_path: pathlib.Path) -> None:
+    schema = tmp_path / "funds.zed"
+    schema.write_text(SCHEMA)
+    tuples = tmp_path / "tuples.txt"
+    tuples.write_text("# comment\n\n" + "\n".join(TUPLES) + "\n")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gatehouse.cli.main",
+            "serve",
+            "--schema",
+            str(schema),
+            "--tuples",
+            str(tuples),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "serving" in line, line
+        addr = line.split()[2].rstrip(",")
+        with grpc.insecure_channel(addr) as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            s = stub.Status(pb.StatusRequest(), timeout=5)
+            assert (s.policy_name, s.ready) == ("funds", True)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

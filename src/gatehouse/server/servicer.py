@@ -159,21 +159,21 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def ListAllowed(
         self, request: pb.ListAllowedRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ListAllowedResponse]:
-        def prepare() -> tuple[View, list[str], str | None, int]:
+        def prepare() -> tuple[View, list[str], str, str | None, int]:
             if request.page_size < 0:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative")
             size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             subject = parse_subject(request.subject)
+            # The cursor is bound to the query, so it cannot be replayed against another one.
             query = f"la|{subject}|{request.permission}|{request.resource_type}"
             after = self.codec.decode(query, request.cursor) if request.cursor else None
             view = self._view(context, request.at_least_revision)
             ids = view.policy.evaluator.list_allowed(
                 view.snapshot, subject, request.permission, request.resource_type
             )
-            return view, ids, after, size
+            return view, ids, query, after, size
 
-        view, ids, after, size = self._run(context, prepare, decisions=False)
-        query = f"la|{parse_subject(request.subject)}|{request.permission}|{request.resource_type}"
+        view, ids, query, after, size = self._run(context, prepare, decisions=False)
         prefix = f"{request.resource_type}:"
         rev = view.snapshot.revision
         while True:
