@@ -382,3 +382,35 @@ def test_cli_serve_sigterm(tmp_path: pathlib.Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_wait_capped_by_server_is_failed_precondition(state: DecisionState) -> None:
+    handle = serve(state, listen="127.0.0.1:0", max_wait=0.2)
+    try:
+        with grpc.insecure_channel(handle.address) as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            req = pb.CheckRequest(
+                subject="user:ann", permission="view", resource="fund:f1", at_least_revision=9
+            )
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.Check(req, timeout=10)
+            assert _code(ei) == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        handle.stop(0.5)
+
+
+def test_depth_exceeded_is_an_error_not_an_allow() -> None:
+    state = DecisionState(max_depth=3)
+    state.activate_policy(compile_schema(SCHEMA), "test", 1)
+    chain = [f"group:g{i}#member@group:g{i + 1}#member" for i in range(10)]
+    state.load_data([*chain, "group:g10#member@user:deep", "fund:f9#viewer@group:g0#member"], 1)
+    handle = serve(state, listen="127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(handle.address) as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            req = pb.CheckRequest(subject="user:deep", permission="view", resource="fund:f9")
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.Check(req, timeout=5)
+            assert _code(ei) == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        handle.stop(0.5)
