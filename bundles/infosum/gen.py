@@ -69,7 +69,8 @@ definition dataset {
     relation team: team
 
     permission query = team->membership & company->run_query
-    permission list = (team->membership & company->list_datasets) + company->list_datasets_outside_teams
+    permission list = (team->membership & company->list_datasets)
+        + company->list_datasets_outside_teams
     permission assign_dataset_to_team = company->assign_dataset_to_team
 }
 

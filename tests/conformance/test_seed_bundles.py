@@ -107,7 +107,7 @@ def test_bundle_schema_parses_and_manifest_is_sane(bundle: Path) -> None:
 
 def test_all_seed_bundles_present() -> None:
     names = {b.name for b in BUNDLES}
-    assert {"kontomatik", "ontra", "importers", "infosum"} <= names
+    assert {"kontomatik", "ontra", "infosum", "importers", "aktek"} <= names
 
 
 @pytest.mark.parametrize(("bundle", "test_file", "kind", "row", "steps"), _cases())
