@@ -454,7 +454,10 @@ class Evaluator:
             for c in plan.children:
                 self._expand(snap, oid, c, tid, out, seen, depth)
         elif isinstance(plan, IntersectionPlan):
-            self._expand(snap, oid, plan.children[0], tid, out, seen, depth)
+            # Every child, not just the first: a subject granted by the first child only
+            # through a wildcard (`user:*`) must still be found where another child names it.
+            for c in plan.children:
+                self._expand(snap, oid, c, tid, out, seen, depth)
         elif isinstance(plan, ExclusionPlan):
             self._expand(snap, oid, plan.base, tid, out, seen, depth)
         elif isinstance(plan, ArrowPlan):
