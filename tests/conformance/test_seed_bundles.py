@@ -150,3 +150,42 @@ def test_generated_files_in_sync(bundle: Path) -> None:
     spec.loader.exec_module(mod)
     assert (bundle / "schema.zed").read_text(encoding="utf-8") == mod.schema_text()
     assert (bundle / "fixture.yaml").read_text(encoding="utf-8") == mod.fixture_text()
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_lists_agree_with_check_on_fixture(bundle: Path) -> None:
+    """For every type/member of the schema and every fixture user (plus an outsider),
+    list_allowed and list_subjects return exactly what check allows."""
+    sch = _schema(bundle)
+    ev = Evaluator(sch)
+    rels = _load(bundle / "fixture.yaml")["relationships"]
+    st = GraphStore()
+    snap = st.load(rels, revision=1)
+    objs: set[tuple[str, str]] = set()
+    users = {"user:nobody"}
+    for r in rels:
+        t = parse_tuple(r)
+        objs.add((t.resource.type, t.resource.id))
+        if t.subject.type == "user" and not t.subject.wildcard:
+            users.add(f"user:{t.subject.id}")
+    mismatches = []
+    for ty in sorted({t for t, _ in objs}):
+        ids = sorted(i for t, i in objs if t == ty)
+        for member in sch.members(ty):
+            allowed = {
+                (u, i)
+                for u in users
+                for i in ids
+                if ev.check(snap, parse_subject(u), member, parse_object(f"{ty}:{i}")).allowed
+            }
+            for u in sorted(users):
+                got = ev.list_allowed(snap, parse_subject(u), member, ty)
+                want = sorted(i for i in ids if (u, i) in allowed)
+                if got != want:
+                    mismatches.append(("list_allowed", u, member, ty, got, want))
+            for i in ids:
+                got = ev.list_subjects(snap, parse_object(f"{ty}:{i}"), member, "user")
+                want = sorted(u for u in users if (u, i) in allowed)
+                if got != want:
+                    mismatches.append(("list_subjects", f"{ty}:{i}", member, got, want))
+    assert not mismatches
