@@ -52,7 +52,12 @@ def _type(obj: str) -> str:
 
 
 class Oracle:
-    """Every (object, member) -> frozenset of concrete subjects ("user:ann"), computed eagerly."""
+    """Every (object, member) -> frozenset of subjects, computed eagerly.
+
+    Subjects are concrete users ("user:ann") and usersets ("group:g#member"); a userset
+    holds whatever a relation stores it in directly or through other usersets. Wildcards
+    grant users of `subject_type` only, never usersets.
+    """
 
     def __init__(
         self,
@@ -132,6 +137,7 @@ class Oracle:
         out: set[str] = set()
         for sobj, srel in self.stored.get((obj, rel), []):
             if srel is not None:
+                out.add(f"{sobj}#{srel}")  # the userset itself is a subject too
                 out |= self._val(sobj, srel)
             elif sobj == f"{self.subject_type}:*":
                 out |= self.universe
@@ -189,7 +195,7 @@ class Oracle:
 
     # queries ----------------------------------------------------------------------
     def subjects(self, obj: str, member: str) -> frozenset[str]:
-        """Users of the universe holding `member` on `obj`."""
+        """Users of the universe (and usersets) holding `member` on `obj`."""
         return self._val(obj, member)
 
     def check(self, subject: str, member: str, obj: str) -> bool:
