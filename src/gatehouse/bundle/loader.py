@@ -186,6 +186,9 @@ def read_archive(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
                     raise BundleError(f"archive member {name!r} is truncated")
                 total += len(buf)
                 files[name] = bytes(buf)
+        # Read the rest of the (counted) stream so a truncated or corrupt gzip is caught.
+        while reader.read(65536):
+            pass
     except BundleError:
         raise
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
