@@ -207,3 +207,32 @@ def test_engine_matches_oracle_after_delta(
     assert snap2.revision == 6
     assert sorted(snap2.tuples()) == final
     compare(ev, snap2, final, explain_every=11)
+
+
+@st.composite
+def dense_groups(draw: st.DrawFn) -> list[str]:
+    """Few users, many nested groups and cycles: stresses the cycle cut and the memo tables."""
+    ng = draw(st.integers(1, 12))
+    groups = [f"group:g{i}" for i in range(ng)]
+    users = [f"user:u{i}" for i in range(draw(st.integers(1, 4)))]
+    nest = st.builds(
+        lambda a, b: f"{a}#member@{b}#member", st.sampled_from(groups), st.sampled_from(groups)
+    )
+    join = st.builds(
+        lambda g, u: f"{g}#member@{u}", st.sampled_from(groups), st.sampled_from(users)
+    )
+    grant = st.builds(
+        lambda d, r, g: f"{d}#{r}@{g}#member",
+        st.sampled_from(["doc:d0", "doc:d1", "doc:d2"]),
+        st.sampled_from(["viewer", "editor", "banned"]),
+        st.sampled_from(groups),
+    )
+    size = draw(st.integers(0, 50))
+    return draw(st.lists(st.one_of(nest, nest, join, grant), min_size=size // 2, max_size=size))
+
+
+@SETTINGS
+@given(tuples=dense_groups())
+def test_engine_matches_oracle_dense_group_cycles(tuples: list[str]) -> None:
+    snap = GraphStore().load(tuples, revision=1)
+    compare(Evaluator(COMPILED), snap, tuples, explain_every=3)
