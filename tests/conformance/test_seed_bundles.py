@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scenario_files import BUNDLES, load_yaml
 
 from gatehouse.engine import Evaluator
 from gatehouse.graph import Delta, GraphStore, parse_object, parse_subject, parse_tuple
 from gatehouse.model import compile_schema
 
-ROOT = Path(__file__).resolve().parents[2]
-BUNDLES = sorted(p for p in (ROOT / "bundles").glob("*/") if (p / "schema.zed").is_file())
-
-
-def _load(path: Path) -> Any:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+_load = load_yaml
 
 
 def _cases() -> list[Any]:
