@@ -340,7 +340,9 @@ def render(results: list[dict[str, float]], args: argparse.Namespace) -> str:
         f"{args.lists} list_allowed calls, {args.deltas} deltas "
         f"(80% writes / 20% deletes) with one reader thread; "
         f"sys.getswitchinterval() = {sys.getswitchinterval() * 1e3:g} ms; "
-        f"gc.freeze() after load: {'yes' if args.gc_freeze else 'no'}."
+        f"gc.freeze() after load: {'yes' if args.gc_freeze else 'no'}; "
+        f"1-min load average at start / end: {args.load_start:.1f} / {os.getloadavg()[0]:.1f} "
+        "(above the CPU count, other processes were competing and the tails are inflated)."
     )
     return head + "\n\n" + "\n".join(out) + "\n"
 
@@ -368,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval / 1e3)
     sizes = args.tuples or [100_000, 1_000_000]
+    args.load_start = os.getloadavg()[0]
     results = []
     for n in sizes:
         log(f"size {n:,}")
