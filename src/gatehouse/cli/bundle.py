@@ -103,6 +103,8 @@ def run_build(args: argparse.Namespace) -> int:
         files = read_files(args.dir)
         if args.revision is not None:
             files = set_revision(files, args.revision)
+            if files.pop(SIGNATURES_FILE, None) is not None:
+                _err(f"warning: dropped {SIGNATURES_FILE}: --revision changes manifest.yaml")
         bundle = make_bundle(files, source=str(args.dir))
         data = write_archive(bundle.files)
         Path(args.output).write_bytes(data)
@@ -110,7 +112,7 @@ def run_build(args: argparse.Namespace) -> int:
         _err(str(e))
         return EXIT_INVALID
     if SIGNATURES_FILE in bundle.files:
-        _err(f"warning: {SIGNATURES_FILE} copied from the source; re-sign after changes")
+        _err(f"note: {SIGNATURES_FILE} copied from {args.dir}")
     print(
         f"built {args.output}: {bundle.manifest.name} revision {bundle.manifest.revision} "
         f"{bundle.digest} ({len(bundle.files)} files)"
