@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.schema:
         sys.stdout.write(SCHEMA)
         return 0
+    if a.tuples >= HUGE_THRESHOLD and not a.huge:
+        p.error(f"--tuples {a.tuples} needs --huge")
     ds = generate(a.tuples, a.seed, a.huge)
     text = "\n".join(ds.tuples) + "\n"
     if a.out:
