@@ -1,5 +1,7 @@
 """`gatehouse bundle build|sign|verify|inspect|test`: policy bundle tooling.
 
+`bundle serve` publishes an archive over HTTP for `gatehouse.bundle.http.BundlePoller`.
+
 Exit codes: 0 success, 2 usage error, 3 invalid bundle (unreadable, hostile, bad manifest,
 bad schema, signature verification failed), 4 the bundle's own assertions fail.
 """
@@ -73,6 +75,11 @@ def register(subparsers: Any) -> None:
     _add_verify_args(t, required=False)
     t.add_argument("--format", choices=["tree", "json", "junit"], default="tree")
     t.set_defaults(handler=run_test)
+
+    sv = sub.add_parser("serve", help="serve a bundle archive over HTTP (GET /bundle.tar.gz)")
+    sv.add_argument("bundle", metavar="DIR|FILE", help="a directory is built on every request")
+    sv.add_argument("--listen", default="127.0.0.1:8181", help="HOST:PORT (default %(default)s)")
+    sv.set_defaults(handler=run_serve)
 
 
 def _add_verify_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -260,3 +267,29 @@ def _junit(bundle: Bundle, results: list[AssertionResult]) -> str:
             if not r.passed:
                 ET.SubElement(case, "failure", message=r.message).text = r.message
     return ET.tostring(suites, encoding="unicode")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from gatehouse.bundle.http import BUNDLE_PATH, make_server
+
+    path = Path(args.bundle)
+
+    def source() -> bytes:
+        if path.is_dir():
+            return write_archive(read_files(path))
+        return path.read_bytes()
+
+    try:
+        make_bundle(read_files(path), source=str(path))
+        host, _, port = args.listen.rpartition(":")
+        server = make_server(source, host or "127.0.0.1", int(port))
+    except (BundleError, OSError, ValueError) as e:
+        _err(str(e))
+        return EXIT_INVALID
+    addr, bound = server.server_address[:2]
+    print(f"gatehouse bundle: serving http://{addr!s}:{bound}{BUNDLE_PATH}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return EXIT_OK

@@ -1,0 +1,160 @@
+"""Bundle distribution over HTTP: poll, verify, test, activate, persist; reject bad bundles."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from gatehouse.bundle import SIGNATURES_FILE, Verifier, read_directory, set_revision, sign_files
+from gatehouse.bundle import write_archive as archive
+from gatehouse.bundle.http import BundlePoller, make_server
+from gatehouse.engine import DecisionState
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = ed25519.Ed25519PrivateKey.generate()
+VERIFIER = Verifier({"k1": KEY.public_key()})
+
+
+def _signed(revision: int, extra: dict[str, bytes] | None = None) -> bytes:
+    files = set_revision(read_directory(ROOT / "bundles" / "ontra"), revision)
+    files[SIGNATURES_FILE] = sign_files(files, KEY, "k1")
+    files.update(extra or {})
+    return archive(files)
+
+
+class Source:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __call__(self) -> bytes:
+        return self.data
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Source, str]]:
+    src = Source(_signed(1))
+    server = make_server(src)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    host, port = server.server_address[:2]
+    yield src, f"http://{host!s}:{port}/bundle.tar.gz"
+    server.shutdown()
+    server.server_close()
+
+
+def test_poll_activate_not_modified_and_upgrade(served: tuple[Source, str], tmp_path: Path) -> None:
+    src, url = served
+    state = DecisionState()
+    poller = BundlePoller(url, state, VERIFIER, last_good_dir=tmp_path)
+    r = poller.poll_once()
+    assert r.status == "activated", r.detail
+    assert state.policy is not None and state.policy.revision == 1
+    assert poller.poll_once().status == "not-modified"
+    src.data = _signed(2)
+    assert poller.poll_once().status == "activated"
+    assert state.policy.revision == 2
+    assert (tmp_path / "last-good.tar.gz").read_bytes() == src.data
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (lambda: _signed(5, {"data/extra.yaml": b"x: 1\n"}), "not signed"),
+        (lambda: archive(read_directory(ROOT / "bundles" / "ontra")), "not signed"),
+        (
+            lambda: _signed(
+                5,
+                {
+                    "tests/broken.yaml": b"fixture: ../fixture.yaml\n"
+                    b"checks: [[user:tina, delete, fund:fund_i, allow]]\n"
+                },
+            ),
+            "not signed",
+        ),
+        (lambda: _signed(1), "older"),
+        (lambda: b"\x1f\x8bnot really", "not a valid"),
+    ],
+    ids=["tampered", "unsigned", "unsigned-extra-test", "rollback", "garbage"],
+)
+def test_bad_bundle_keeps_active_policy(
+    served: tuple[Source, str], tmp_path: Path, bad: Callable[[], bytes], reason: str
+) -> None:
+    src, url = served
+    state = DecisionState()
+    poller = BundlePoller(url, state, VERIFIER, last_good_dir=tmp_path)
+    src.data = _signed(3)
+    assert poller.poll_once().status == "activated"
+    good = (tmp_path / "last-good.tar.gz").read_bytes()
+    src.data = bad()
+    r = poller.poll_once()
+    assert r.status == "rejected" and reason in r.detail, r.detail
+    assert state.policy is not None and state.policy.revision == 3
+    assert (tmp_path / "last-good.tar.gz").read_bytes() == good
+
+
+def test_failing_assertions_rejected_even_when_signed(
+    served: tuple[Source, str], tmp_path: Path
+) -> None:
+    src, url = served
+    files = set_revision(read_directory(ROOT / "bundles" / "ontra"), 9)
+    files["tests/broken.yaml"] = (
+        b"fixture: ../fixture.yaml\nchecks: [[user:tina, delete, fund:fund_i, allow]]\n"
+    )
+    files[SIGNATURES_FILE] = sign_files(files, KEY, "k1")
+    src.data = archive(files)
+    state = DecisionState()
+    r = BundlePoller(url, state, VERIFIER).poll_once()
+    assert r.status == "rejected" and "assertions fail" in r.detail
+    assert state.policy is None
+
+
+def test_restore_last_good(served: tuple[Source, str], tmp_path: Path) -> None:
+    _, url = served
+    BundlePoller(url, DecisionState(), VERIFIER, last_good_dir=tmp_path).poll_once()
+    fresh = DecisionState()
+    r = BundlePoller("http://127.0.0.1:9/unused", fresh, VERIFIER, tmp_path).restore_last_good()
+    assert r.status == "activated" and fresh.policy is not None
+
+
+def test_unreachable_server_is_an_error() -> None:
+    r = BundlePoller("http://127.0.0.1:9/bundle.tar.gz", DecisionState(), timeout=2).poll_once()
+    assert r.status == "error"
+
+
+def test_cli_bundle_serve() -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gatehouse.cli.main",
+            "bundle",
+            "serve",
+            "bundles/ontra",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = line.split()[-1]
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            data = resp.read()
+        state = DecisionState()
+        from gatehouse.bundle import activate, load_bundle_bytes
+
+        assert activate(state, load_bundle_bytes(data)).name == "ontra"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
