@@ -92,6 +92,7 @@ HOSTILE: list[tuple[str, bytes, str]] = [
     ("duplicate", _tgz(_file("a", b"1"), _file("a", b"2")), "duplicate"),
     ("duplicate-normalised", _tgz(_file("a"), _file("./a")), "duplicate"),
     ("dir-file-clash", _tgz(_special("a", tarfile.DIRTYPE), _file("a")), "duplicate"),
+    ("file-dir-clash", _tgz(_file("data"), _file("data/x.yaml")), "both a file and a directory"),
     ("too-many", _tgz(*[_file(f"f{i}") for i in range(1001)]), "more than 1000 entries"),
     ("bomb-member", _tgz(_zeros("zeros", 17 * MIB)), "larger than"),
     ("bomb-total", _tgz(_zeros("z1", 9 * MIB), _zeros("z2", 9 * MIB)), "exceed"),

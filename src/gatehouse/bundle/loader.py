@@ -186,6 +186,12 @@ def read_archive(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
                     raise BundleError(f"archive member {name!r} is truncated")
                 total += len(buf)
                 files[name] = bytes(buf)
+        for name in files:
+            parent = name.rpartition("/")[0]
+            while parent:
+                if parent in files:
+                    raise BundleError(f"archive member {parent!r} is both a file and a directory")
+                parent = parent.rpartition("/")[0]
         # Read the rest of the (counted) stream so a truncated or corrupt gzip is caught.
         while reader.read(65536):
             pass

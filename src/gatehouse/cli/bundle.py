@@ -194,7 +194,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"name:      {info['name']}")
     print(f"revision:  {info['revision']}")
     print(f"governs:   {', '.join(info['governs'])}")
-    print(f"min server {info['min_server_version']}")
+    print(f"min server: {info['min_server_version']}")
     print(f"digest:    {info['digest']}")
     print(f"signature: {status}")
     print("files:")
