@@ -82,6 +82,7 @@ class _Query:
     __slots__ = (
         "active",
         "changed",
+        "closure",
         "cut",
         "cyclic",
         "depth",
@@ -92,12 +93,16 @@ class _Query:
         "path",
         "sk",
         "snap",
+        "truncated",
         "userset",
         "wk",
     )
 
     def __init__(self, snap: Snapshot, sk: int, wk: int, userset: bool) -> None:
         self.snap = snap
+        # Usersets the subject belongs to, computed bottom-up on first need (see _closure).
+        self.closure: set[int] | None = None
+        self.truncated = False
         self.sk = sk
         self.wk = wk
         self.userset = userset
@@ -127,6 +132,8 @@ class Evaluator:
         self.schema = schema
         self.max_depth = max_depth
         self._calls: dict[int, Plan | None] = {}
+        self._closure_keys = _closure_relations(schema)
+        self._rid_plans: dict[int, tuple[Plan | None, bool]] = {}
 
     # validation ----------------------------------------------------------------
     def _resolve(self, type_name: str, permission: str) -> Plan:
@@ -216,8 +223,15 @@ class Evaluator:
                     if q.wk >= 0 and contains(arr, q.wk):
                         return f"wildcard {plan.key}"
             for uk in snap.fus(fk):
-                uplan = self._userset_plan(snap, uk & REL_MASK)
+                uplan, closed = self._userset_info(snap, uk & REL_MASK)
                 if uplan is None:
+                    continue
+                if closed:
+                    # Membership of a plain relation chain: a set lookup instead of a walk.
+                    if uk in self._closure(q):
+                        return f"through {it.subject_str(uk)}"
+                    if q.truncated:
+                        raise DepthExceeded(f"graph nested deeper than {self.max_depth} levels")
                     continue
                 r = self._hop(q, uk >> REL_BITS, uplan)
                 if r is not None:
@@ -273,6 +287,51 @@ class Evaluator:
         if k not in self._calls:
             self._calls[k] = self.schema.plan(plan.type, plan.name)
         return self._calls[k]
+
+    def _userset_info(self, snap: Snapshot, rid: int) -> tuple[Plan | None, bool]:
+        """The plan a userset edge `x#rel` leads to, and whether `_closure` covers `rel`."""
+        hit = self._rid_plans.get(rid)
+        if hit is None:
+            key = snap.interner.rel_names[rid]
+            tname, _, rel = key.partition("#")
+            hit = (self.schema.plan(tname, rel), key in self._closure_keys)
+            self._rid_plans[rid] = hit
+        return hit
+
+    def _closure(self, q: _Query) -> set[int]:
+        """Every userset key (`group:g#member`) the subject belongs to, found bottom-up.
+
+        Only relations in `_closure_keys` are followed: relations whose members come from
+        tuples and from usersets of such relations alone, so membership is plain
+        reachability in the reverse index. Breadth-first, so cycles end; a chain longer
+        than max_depth leaves `q.truncated` set, and a miss then is a depth error.
+        """
+        if q.closure is not None:
+            return q.closure
+        snap = q.snap
+        rids = self._closure_rids(snap)
+        keys: set[int] = set()
+        frontier = [k for k in (q.sk, q.wk) if k >= 0]
+        level = 0
+        while frontier and level < self.max_depth:
+            nxt: list[int] = []
+            for k in frontier:
+                base = k << REL_BITS
+                for r in rids:
+                    for p in snap.rev(base | r):
+                        uk = p << REL_BITS | r
+                        if uk not in keys:
+                            keys.add(uk)
+                            nxt.append(uk)
+            frontier = nxt
+            level += 1
+        q.truncated = bool(frontier)
+        q.closure = keys
+        return keys
+
+    def _closure_rids(self, snap: Snapshot) -> list[int]:
+        rids = snap.interner.rids
+        return [r for r in (rids.get(k) for k in self._closure_keys) if r is not None]
 
     def _userset_plan(self, snap: Snapshot, rid: int) -> Plan | None:
         tname, _, rel = snap.interner.rel_names[rid].partition("#")
@@ -591,3 +650,29 @@ class Evaluator:
                 inner = ProofNode(inner_label, inner.allowed, [inner])
             return inner
         return ProofNode("nil", False)
+
+
+def _closure_relations(schema: CompiledSchema) -> frozenset[str]:
+    """Keys `type#rel` of relations used as usersets whose membership is pure reachability.
+
+    A relation qualifies when every userset it allows leads to another qualifying relation
+    (never to a permission, whose rules a reverse walk cannot evaluate).
+    """
+    defs = schema.schema.definitions
+    targets: set[tuple[str, str]] = set()
+    for d in defs.values():
+        for rel in d.relations.values():
+            for t in rel.allowed:
+                if t.relation is not None and t.relation in defs[t.type].relations:
+                    targets.add((t.type, t.relation))
+    ok = set(targets)
+    changed = True
+    while changed:
+        changed = False
+        for tname, rname in list(ok):
+            for t in defs[tname].relations[rname].allowed:
+                if t.relation is not None and (t.type, t.relation) not in ok:
+                    ok.discard((tname, rname))
+                    changed = True
+                    break
+    return frozenset(f"{t}#{r}" for t, r in ok)
