@@ -1,8 +1,8 @@
 """`gatehouse demo`: start a decision server on a seed scenario and print commands to try.
 
-Today the demo loads the scenario bundle's schema and fixture straight into a real
-`gatehouse serve` process; the SQLite system of record and sync worker join it once they
-exist (issue 5), without changing what the demo prints.
+Today the demo serves the scenario bundle (its assertions run before activation) with the
+bundle's fixture as data, in a real `gatehouse serve` process; the SQLite system of record
+and sync worker join it once they exist (issue 5), without changing what the demo prints.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
         "-m",
         "gatehouse.cli.main",
         "serve",
-        "--schema",
-        str(bundle / "schema.zed"),
+        "--bundle",
+        str(bundle),
         "--tuples",
         str(tuples),
         "--listen",

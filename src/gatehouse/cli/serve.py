@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import pathlib
 import signal
 import sys
 import threading
 from types import FrameType
 from typing import Any
 
+from gatehouse.bundle.activation import activate
+from gatehouse.bundle.loader import load_bundle
+from gatehouse.bundle.signing import Verifier, load_public_key
 from gatehouse.engine.state import DecisionState
 from gatehouse.server.app import serve
-from gatehouse.server.loading import load_static
+from gatehouse.server.loading import load_static, read_tuples
 
 
 def register(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser("serve", help="run the gRPC decision server")
-    p.add_argument("--schema", required=True, help="schema file")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--schema", help="schema file (unsigned, no assertions: development)")
+    src.add_argument("--bundle", help="policy bundle directory or .tar.gz (tests run first)")
+    p.add_argument("--pubkey", default=None, help="PEM public key: bundle signature required")
+    p.add_argument("--key-id", default="gatehouse", help="key id of --pubkey (%(default)s)")
     p.add_argument("--tuples", required=True, help="tuples file: one tuple per line, # comments")
     p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
     p.add_argument("--unix", default=None, help="also listen on this unix socket path")
@@ -28,10 +36,26 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
+def load_bundle_and_tuples(
+    state: DecisionState, bundle_path: str, tuples_path: str, pubkey: str | None, key_id: str
+) -> None:
+    """Verify (when a key is configured), test and activate a bundle, then load the tuples."""
+    verifier = None
+    if pubkey:
+        with open(pubkey, "rb") as f:
+            verifier = Verifier({key_id: load_public_key(f.read())})
+    bundle = load_bundle(bundle_path, verifier)
+    policy = activate(state, bundle)
+    state.load_data(list(read_tuples(pathlib.Path(tuples_path))), policy.revision)
+
+
 def run(args: argparse.Namespace) -> int:
     state = DecisionState()
     try:
-        load_static(state, args.schema, args.tuples)
+        if args.bundle:
+            load_bundle_and_tuples(state, args.bundle, args.tuples, args.pubkey, args.key_id)
+        else:
+            load_static(state, args.schema, args.tuples)
         key = None
         if args.cursor_key_file:
             with open(args.cursor_key_file, "rb") as f:

@@ -1,0 +1,92 @@
+"""`gatehouse serve --bundle`: a signed archive serves; an unsigned one with a key never does."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gh(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gatehouse.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def _keys(tmp: Path) -> tuple[Path, Path]:
+    key = ed25519.Ed25519PrivateKey.generate()
+    priv, pub = tmp / "k.pem", tmp / "k.pub.pem"
+    priv.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return priv, pub
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _tuples(tmp: Path) -> Path:
+    fixture = yaml.safe_load((ROOT / "bundles/ontra/fixture.yaml").read_text())
+    path = tmp / "tuples.txt"
+    path.write_text("\n".join(fixture["relationships"]) + "\n")
+    return path
+
+
+def test_signed_bundle_serves_and_answers(tmp_path: Path) -> None:
+    priv, pub = _keys(tmp_path)
+    arc = tmp_path / "ontra.tar.gz"
+    assert gh("bundle", "build", "bundles/ontra", "-o", arc).returncode == 0
+    assert gh("bundle", "sign", arc, "--key", priv, "--key-id", "release").returncode == 0
+    port = _free_port()
+    cmd = [sys.executable, "-m", "gatehouse.cli.main", "serve", "--bundle", str(arc)]
+    cmd += ["--pubkey", str(pub), "--key-id", "release", "--tuples", str(_tuples(tmp_path))]
+    cmd += ["--listen", f"127.0.0.1:{port}"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            r = gh("check", "--addr", f"127.0.0.1:{port}", "user:finn", "read", "fund:fund_iii")
+            if r.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.stdout.split()[0] == "allow", r.stdout + r.stderr
+        r = gh("check", "--addr", f"127.0.0.1:{port}", "user:sara", "read", "fund:fund_iii")
+        assert r.stdout.split()[0] == "deny", r.stdout + r.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_unsigned_bundle_with_key_configured_refuses_to_start(tmp_path: Path) -> None:
+    _priv, pub = _keys(tmp_path)
+    r = gh(
+        "serve", "--bundle", "bundles/ontra", "--pubkey", pub, "--tuples", _tuples(tmp_path),
+        "--listen", f"127.0.0.1:{_free_port()}",
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert "not signed" in r.stderr
