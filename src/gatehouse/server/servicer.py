@@ -10,6 +10,9 @@ from collections.abc import Callable, Iterator
 from typing import NoReturn, TypeVar
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from gatehouse.engine.cursor import CursorCodec, InvalidCursor, page_after
 from gatehouse.engine.evaluator import DepthExceeded, EngineError, InvalidQuery, ProofNode
@@ -27,27 +30,36 @@ DEFAULT_MAX_WAIT = 5.0
 T = TypeVar("T")
 
 
+ERROR_DOMAIN = "gatehouse.dev"
+
+
 class Abort(Exception):
     """Raised inside a handler; turned into one `context.abort` at the top."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
 
 
-def _status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
+def _status_for(e: BaseException) -> tuple[grpc.StatusCode, str, str]:
+    """The status code, message and `google.rpc.ErrorInfo` reason for a failure."""
     if isinstance(e, Abort):
-        return e.code, e.message
-    if isinstance(e, InvalidReference | InvalidQuery | InvalidCursor):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+        return e.code, e.message, e.reason
+    if isinstance(e, InvalidReference):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(e), "MALFORMED_ID"
+    if isinstance(e, InvalidQuery):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(e), "UNKNOWN_TYPE_OR_PERMISSION"
+    if isinstance(e, InvalidCursor):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(e), "INVALID_CURSOR"
     if isinstance(e, NotReady):
-        return grpc.StatusCode.UNAVAILABLE, f"not ready: {e}"
+        return grpc.StatusCode.UNAVAILABLE, f"not ready: {e}", "NOT_READY"
     if isinstance(e, DepthExceeded):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(e)
+        return grpc.StatusCode.FAILED_PRECONDITION, str(e), e.code
     if isinstance(e, EngineError):
-        return grpc.StatusCode.INTERNAL, f"{e.code}: {e}"
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
+        return grpc.StatusCode.INTERNAL, f"{e.code}: {e}", e.code
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}", "INTERNAL"
 
 
 def proof_to_pb(node: ProofNode) -> pb.ProofNode:
@@ -80,8 +92,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     @staticmethod
     def _abort(context: grpc.ServicerContext, e: BaseException) -> NoReturn:
-        code, msg = _status_for(e)
-        context.abort(code, msg)
+        code, msg, reason = _status_for(e)
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+        status = status_pb2.Status(code=code.value[0], message=msg, details=[detail])
+        context.abort_with_status(rpc_status.to_status(status))
+        raise AssertionError("abort_with_status returned")  # pragma: no cover
 
     def _view(self, context: grpc.ServicerContext, at_least: int) -> View:
         """The current view, after waiting (bounded) for data at `at_least` when it is > 0."""
@@ -98,8 +114,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 waited = time.monotonic() - t0
                 msg = f"data revision {at_least} not reached after {waited:.2f}s (at {have})"
                 if by_deadline:
-                    raise Abort(grpc.StatusCode.DEADLINE_EXCEEDED, msg)
-                raise Abort(grpc.StatusCode.FAILED_PRECONDITION, msg)
+                    raise Abort(grpc.StatusCode.DEADLINE_EXCEEDED, msg, "REVISION_NOT_REACHED")
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION, msg, "REVISION_NOT_REACHED")
         return self.state.view()
 
     def _count(self, allowed: bool) -> None:
@@ -136,6 +152,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 raise Abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"batch of {n} checks exceeds the limit of {MAX_BATCH}",
+                    "BATCH_TOO_LARGE",
                 )
             at_least = max(
                 [request.at_least_revision, *(c.at_least_revision for c in request.checks)]
@@ -161,7 +178,11 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     ) -> Iterator[pb.ListAllowedResponse]:
         def prepare() -> tuple[View, list[str], str, str | None, int]:
             if request.page_size < 0:
-                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative")
+                raise Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "page_size must not be negative",
+                    "INVALID_PAGE_SIZE",
+                )
             size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             subject = parse_subject(request.subject)
             # The cursor is bound to the query, so it cannot be replayed against another one.
