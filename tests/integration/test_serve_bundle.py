@@ -90,3 +90,59 @@ def test_unsigned_bundle_with_key_configured_refuses_to_start(tmp_path: Path) ->
     )  # fmt: skip
     assert r.returncode == 1
     assert "not signed" in r.stderr
+
+
+def _wait_answer(port: int, subject: str, perm: str, resource: str, want: str) -> str:
+    deadline = time.monotonic() + 60
+    out = ""
+    while time.monotonic() < deadline:
+        r = gh("check", "--addr", f"127.0.0.1:{port}", subject, perm, resource)
+        out = r.stdout + r.stderr
+        if r.returncode == 0 and r.stdout.split()[0] == want:
+            return out
+        time.sleep(0.3)
+    raise AssertionError(f"no {want!r} within 60 s: {out}")
+
+
+def test_bundle_from_url_then_last_good_when_source_is_down(tmp_path: Path) -> None:
+    bport = _free_port()
+    source = subprocess.Popen(
+        [sys.executable, "-m", "gatehouse.cli.main", "bundle", "serve", "bundles/ontra",
+         "--listen", f"127.0.0.1:{bport}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    state_dir = tmp_path / "state"
+    tuples = _tuples(tmp_path)
+
+    def start_server(port: int) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gatehouse.cli.main", "serve",
+             "--bundle", f"http://127.0.0.1:{bport}/bundle.tar.gz", "--state-dir", str(state_dir),
+             "--tuples", str(tuples), "--listen", f"127.0.0.1:{port}", "--poll-min", "0.5",
+             "--poll-max", "1"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    try:
+        time.sleep(1.0)  # the bundle source binds its port
+        port = _free_port()
+        server = start_server(port)
+        try:
+            _wait_answer(port, "user:finn", "read", "fund:fund_iii", "allow")
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        assert (state_dir / "last-good.tar.gz").exists()
+    finally:
+        source.terminate()
+        source.wait(timeout=30)
+    # The source is down now: a restarted server serves the persisted last good bundle.
+    port = _free_port()
+    server = start_server(port)
+    try:
+        _wait_answer(port, "user:finn", "read", "fund:fund_iii", "allow")
+        _wait_answer(port, "user:sara", "read", "fund:fund_iii", "deny")
+    finally:
+        server.terminate()
+        _out, err = server.communicate(timeout=30)
+    assert "last good bundle activated" in err
