@@ -21,8 +21,11 @@ def generate(out: pathlib.Path) -> list[pathlib.Path]:
         return []
     out.mkdir(parents=True, exist_ok=True)
     include = pathlib.Path(protoc.__file__).parent / "_proto"
+    # The mypy plugin lives beside this interpreter; the venv need not be on PATH.
+    plugin = pathlib.Path(sys.executable).parent / "protoc-gen-mypy"
     args = [
         "protoc",
+        f"--plugin=protoc-gen-mypy={plugin}",
         f"-I{PROTO}",
         f"-I{include}",
         f"--python_out={out}",
