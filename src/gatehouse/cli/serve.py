@@ -39,6 +39,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-reflection", action="store_true", help="disable gRPC server reflection")
     p.add_argument("--cursor-key-file", default=None, help="file with the cursor signing key")
     p.add_argument("--workers", type=int, default=16, help="RPC worker threads")
+    p.add_argument(
+        "--decision-cache-size", type=int, default=0, help="LRU decision cache entries (0 = off)"
+    )
     p.add_argument("--grace", type=float, default=5.0, help="shutdown drain time in seconds")
     p.set_defaults(handler=run)
 
@@ -107,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             reflection_enabled=not args.no_reflection,
             cursor_key=key,
             max_workers=args.workers,
+            decision_cache_size=args.decision_cache_size,
         )
     except Exception as e:
         print(f"gatehouse serve: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gatehouse.engine.cursor import CursorCodec
 from gatehouse.engine.state import DecisionState
+from gatehouse.server.cache import make_checker
 from gatehouse.server.metrics import Metrics, MetricsInterceptor
 from gatehouse.server.servicer import DEFAULT_MAX_WAIT, DecisionServicer
 from gatehouse.v1 import decision_pb2 as pb
@@ -77,11 +78,13 @@ def serve(
     cursor_key: bytes | None = None,
     max_workers: int = 16,
     max_wait: float = DEFAULT_MAX_WAIT,
+    decision_cache_size: int = 0,
 ) -> ServerHandle:
     """Start serving `state`; return at once with a handle (call `.stop()` to end).
 
     `cursor_key` signs pagination cursors; without one a random per-process key is used,
-    so cursors do not survive a restart.
+    so cursors do not survive a restart. `decision_cache_size` > 0 wraps Check in an LRU
+    decision cache of that many entries (0 = off).
     """
     if listen is None and unix is None:
         raise ValueError("nothing to listen on: give listen and/or unix")
@@ -91,7 +94,8 @@ def serve(
         interceptors=[MetricsInterceptor(metrics)],
     )
     codec = CursorCodec(cursor_key if cursor_key is not None else os.urandom(32))
-    servicer = DecisionServicer(state, codec, metrics, max_wait)
+    checker = make_checker(decision_cache_size, metrics.cache_hits.inc, metrics.cache_misses.inc)
+    servicer = DecisionServicer(state, codec, metrics, max_wait, checker)
     pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)

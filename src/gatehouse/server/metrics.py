@@ -68,6 +68,16 @@ class Metrics:
         policy_rev.set_function(
             lambda: float(state.policy.revision) if state.policy is not None else 0.0
         )
+        self.cache_hits = Counter(
+            "gatehouse_decision_cache_hits",
+            "Check decisions answered from the decision cache.",
+            registry=self.registry,
+        )
+        self.cache_misses = Counter(
+            "gatehouse_decision_cache_misses",
+            "Check decisions computed because the decision cache had no entry.",
+            registry=self.registry,
+        )
         for r in ("allow", "deny", "error"):
             self.decisions.labels(result=r)
         self._http: Any = None

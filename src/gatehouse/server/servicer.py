@@ -18,6 +18,7 @@ from gatehouse.engine.cursor import CursorCodec, InvalidCursor, page_after
 from gatehouse.engine.evaluator import DepthExceeded, EngineError, InvalidQuery, ProofNode
 from gatehouse.engine.state import DecisionState, NotReady, View
 from gatehouse.graph.tuples import InvalidReference, parse_object, parse_subject
+from gatehouse.server.cache import CheckFn, direct_check
 from gatehouse.server.metrics import Metrics
 from gatehouse.v1 import decision_pb2 as pb
 from gatehouse.v1 import decision_pb2_grpc as pb_grpc
@@ -75,8 +76,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         codec: CursorCodec,
         metrics: Metrics | None = None,
         max_wait: float = DEFAULT_MAX_WAIT,
+        checker: CheckFn = direct_check,
     ) -> None:
         self.state = state
+        self.checker = checker
         self.codec = codec
         self.metrics = metrics
         self.max_wait = max_wait
@@ -125,7 +128,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def _check_one(self, view: View, req: pb.CheckRequest) -> pb.CheckResponse:
         subject = parse_subject(req.subject)
         resource = parse_object(req.resource)
-        d = view.policy.evaluator.check(view.snapshot, subject, req.permission, resource)
+        d = self.checker(view, subject, req.permission, resource)
         return pb.CheckResponse(
             allowed=d.allowed,
             revision=d.revision,
