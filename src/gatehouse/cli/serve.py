@@ -42,6 +42,10 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--decision-cache-size", type=int, default=0, help="LRU decision cache entries (0 = off)"
     )
+    p.add_argument("--decision-log", default=None, help="JSON-lines decision log: PATH or -")
+    p.add_argument(
+        "--decision-log-mask", default="", help="comma-separated fields logged as *** (subject,...)"
+    )
     p.add_argument("--grace", type=float, default=5.0, help="shutdown drain time in seconds")
     p.set_defaults(handler=run)
 
@@ -111,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
             cursor_key=key,
             max_workers=args.workers,
             decision_cache_size=args.decision_cache_size,
+            decision_log=args.decision_log,
+            decision_log_mask=[m for m in args.decision_log_mask.split(",") if m.strip()],
         )
     except Exception as e:
         print(f"gatehouse serve: {e}", file=sys.stderr)

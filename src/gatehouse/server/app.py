@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gatehouse.engine.cursor import CursorCodec
 from gatehouse.engine.state import DecisionState
+from gatehouse.observability.decision_log import DecisionLog
 from gatehouse.server.cache import make_checker
 from gatehouse.server.metrics import Metrics, MetricsInterceptor
 from gatehouse.server.servicer import DEFAULT_MAX_WAIT, DecisionServicer
@@ -31,6 +33,7 @@ class ServerHandle:
     metrics_port: int | None
     metrics: Metrics
     health: health.HealthServicer
+    decision_log: DecisionLog | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _stopped: bool = False
 
@@ -46,6 +49,8 @@ class ServerHandle:
         self.health.enter_graceful_shutdown()
         self._stop.set()
         self.server.stop(grace).wait()
+        if self.decision_log is not None:
+            self.decision_log.close()
         self.metrics.stop_http()
 
     def wait(self) -> None:
@@ -79,6 +84,8 @@ def serve(
     max_workers: int = 16,
     max_wait: float = DEFAULT_MAX_WAIT,
     decision_cache_size: int = 0,
+    decision_log: str | None = None,
+    decision_log_mask: Sequence[str] = (),
 ) -> ServerHandle:
     """Start serving `state`; return at once with a handle (call `.stop()` to end).
 
@@ -95,7 +102,12 @@ def serve(
     )
     codec = CursorCodec(cursor_key if cursor_key is not None else os.urandom(32))
     checker = make_checker(decision_cache_size, metrics.cache_hits.inc, metrics.cache_misses.inc)
-    servicer = DecisionServicer(state, codec, metrics, max_wait, checker)
+    dlog = (
+        DecisionLog(decision_log, decision_log_mask, on_drop=metrics.log_dropped.inc)
+        if decision_log
+        else None
+    )
+    servicer = DecisionServicer(state, codec, metrics, max_wait, checker, dlog)
     pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
@@ -113,7 +125,7 @@ def serve(
         if server.add_insecure_port(target) == 0:
             raise OSError(f"cannot listen on {target}")
     mport = metrics.start_http(metrics_port) if metrics_port is not None else None
-    handle = ServerHandle(server, port, mport, metrics, hs)
+    handle = ServerHandle(server, port, mport, metrics, hs, dlog)
     # NOT_SERVING until the state is ready; then SERVING.
     hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -78,6 +78,11 @@ class Metrics:
             "Check decisions computed because the decision cache had no entry.",
             registry=self.registry,
         )
+        self.log_dropped = Counter(
+            "gatehouse_decision_log_dropped",
+            "Decision log entries dropped because the log queue was full.",
+            registry=self.registry,
+        )
         for r in ("allow", "deny", "error"):
             self.decisions.labels(result=r)
         self._http: Any = None

@@ -18,6 +18,7 @@ from gatehouse.engine.cursor import CursorCodec, InvalidCursor, page_after
 from gatehouse.engine.evaluator import DepthExceeded, EngineError, InvalidQuery, ProofNode
 from gatehouse.engine.state import DecisionState, NotReady, View
 from gatehouse.graph.tuples import InvalidReference, parse_object, parse_subject
+from gatehouse.observability.decision_log import DecisionLog
 from gatehouse.server.cache import CheckFn, direct_check
 from gatehouse.server.metrics import Metrics
 from gatehouse.v1 import decision_pb2 as pb
@@ -77,8 +78,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         metrics: Metrics | None = None,
         max_wait: float = DEFAULT_MAX_WAIT,
         checker: CheckFn = direct_check,
+        decision_log: DecisionLog | None = None,
     ) -> None:
         self.state = state
+        self.decision_log = decision_log
         self.checker = checker
         self.codec = codec
         self.metrics = metrics
@@ -125,10 +128,23 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         if self.metrics is not None:
             self.metrics.decision("allow" if allowed else "deny")
 
-    def _check_one(self, view: View, req: pb.CheckRequest) -> pb.CheckResponse:
+    def _check_one(self, view: View, req: pb.CheckRequest, method: str) -> pb.CheckResponse:
         subject = parse_subject(req.subject)
         resource = parse_object(req.resource)
         d = self.checker(view, subject, req.permission, resource)
+        if self.decision_log is not None:
+            p = view.policy
+            self.decision_log.record(
+                method,
+                str(subject),
+                req.permission,
+                str(resource),
+                d.allowed,
+                d.reason,
+                d.revision,
+                p.revision,
+                p.name,
+            )
         return pb.CheckResponse(
             allowed=d.allowed,
             revision=d.revision,
@@ -140,7 +156,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
         def go() -> pb.CheckResponse:
             view = self._view(context, request.at_least_revision)
-            resp = self._check_one(view, request)
+            resp = self._check_one(view, request, "Check")
             self._count(resp.allowed)
             return resp
 
@@ -161,7 +177,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 [request.at_least_revision, *(c.at_least_revision for c in request.checks)]
             )
             view = self._view(context, at_least)
-            results = [self._check_one(view, c) for c in request.checks]
+            results = [self._check_one(view, c, "CheckBatch") for c in request.checks]
             if self.metrics is not None:
                 allowed = sum(1 for r in results if r.allowed)
                 if allowed:
