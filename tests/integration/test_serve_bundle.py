@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,8 @@ from pathlib import Path
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from gatehouse.cli.demo import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,13 +44,6 @@ def _keys(tmp: Path) -> tuple[Path, Path]:
     return priv, pub
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _tuples(tmp: Path) -> Path:
     fixture = yaml.safe_load((ROOT / "bundles/ontra/fixture.yaml").read_text())
     path = tmp / "tuples.txt"
@@ -62,7 +56,7 @@ def test_signed_bundle_serves_and_answers(tmp_path: Path) -> None:
     arc = tmp_path / "ontra.tar.gz"
     assert gh("bundle", "build", "bundles/ontra", "-o", arc).returncode == 0
     assert gh("bundle", "sign", arc, "--key", priv, "--key-id", "release").returncode == 0
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "gatehouse.cli.main", "serve", "--bundle", str(arc)]
     cmd += ["--pubkey", str(pub), "--key-id", "release", "--tuples", str(_tuples(tmp_path))]
     cmd += ["--listen", f"127.0.0.1:{port}"]
@@ -86,7 +80,7 @@ def test_unsigned_bundle_with_key_configured_refuses_to_start(tmp_path: Path) ->
     _priv, pub = _keys(tmp_path)
     r = gh(
         "serve", "--bundle", "bundles/ontra", "--pubkey", pub, "--tuples", _tuples(tmp_path),
-        "--listen", f"127.0.0.1:{_free_port()}",
+        "--listen", f"127.0.0.1:{free_port()}",
     )  # fmt: skip
     assert r.returncode == 1
     assert "not signed" in r.stderr
@@ -105,7 +99,7 @@ def _wait_answer(port: int, subject: str, perm: str, resource: str, want: str) -
 
 
 def test_bundle_from_url_then_last_good_when_source_is_down(tmp_path: Path) -> None:
-    bport = _free_port()
+    bport = free_port()
     source = subprocess.Popen(
         [sys.executable, "-m", "gatehouse.cli.main", "bundle", "serve", "bundles/ontra",
          "--listen", f"127.0.0.1:{bport}"],
@@ -125,7 +119,7 @@ def test_bundle_from_url_then_last_good_when_source_is_down(tmp_path: Path) -> N
 
     try:
         time.sleep(1.0)  # the bundle source binds its port
-        port = _free_port()
+        port = free_port()
         server = start_server(port)
         try:
             _wait_answer(port, "user:finn", "read", "fund:fund_iii", "allow")
@@ -137,7 +131,7 @@ def test_bundle_from_url_then_last_good_when_source_is_down(tmp_path: Path) -> N
         source.terminate()
         source.wait(timeout=30)
     # The source is down now: a restarted server serves the persisted last good bundle.
-    port = _free_port()
+    port = free_port()
     server = start_server(port)
     try:
         _wait_answer(port, "user:finn", "read", "fund:fund_iii", "allow")

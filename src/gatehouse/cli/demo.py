@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -100,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
     fixture = yaml.safe_load((bundle / "fixture.yaml").read_text(encoding="utf-8"))
     tuples = work / "tuples.txt"
     tuples.write_text("\n".join(fixture.get("relationships") or []) + "\n", encoding="utf-8")
-    port = args.port or _free_port()
-    mport = args.metrics_port or _free_port()
+    port = args.port or free_port()
+    mport = args.metrics_port or free_port()
     addr = f"127.0.0.1:{port}"
     cmd = [
         sys.executable,
