@@ -63,11 +63,25 @@ def test_poll_activate_not_modified_and_upgrade(served: tuple[Source, str], tmp_
     assert (tmp_path / "last-good.tar.gz").read_bytes() == src.data
 
 
+def _tampered_schema() -> bytes:
+    files = set_revision(read_directory(ROOT / "bundles" / "ontra"), 5)
+    files[SIGNATURES_FILE] = sign_files(files, KEY, "k1")
+    files["schema.zed"] += b"\n// edited after signing\n"
+    return archive(files)
+
+
+def _signed_bad_schema() -> bytes:
+    files = set_revision(read_directory(ROOT / "bundles" / "ontra"), 5)
+    files["schema.zed"] = b"definition user {\n"
+    files[SIGNATURES_FILE] = sign_files(files, KEY, "k1")
+    return archive(files)
+
+
 @pytest.mark.parametrize(
-    ("bad", "reason"),
+    ("bad", "reason", "category", "revision"),
     [
-        (lambda: _signed(5, {"data/extra.yaml": b"x: 1\n"}), "not signed"),
-        (lambda: archive(read_directory(ROOT / "bundles" / "ontra")), "not signed"),
+        (lambda: _signed(5, {"data/extra.yaml": b"x: 1\n"}), "not signed", "digest", 5),
+        (lambda: archive(read_directory(ROOT / "bundles" / "ontra")), "not signed", "signature", 1),
         (
             lambda: _signed(
                 5,
@@ -77,24 +91,46 @@ def test_poll_activate_not_modified_and_upgrade(served: tuple[Source, str], tmp_
                 },
             ),
             "not signed",
+            "digest",
+            5,
         ),
-        (lambda: _signed(1), "older"),
-        (lambda: b"\x1f\x8bnot really", "not a valid"),
+        (_tampered_schema, "digest mismatch for schema.zed", "digest", 5),
+        (_signed_bad_schema, "invalid schema", "schema", 5),
+        (lambda: _signed(1), "older", "rollback", 1),
+        (lambda: b"\x1f\x8bnot really", "not a valid", "archive", 0),
     ],
-    ids=["tampered", "unsigned", "unsigned-extra-test", "rollback", "garbage"],
+    ids=[
+        "tampered",
+        "unsigned",
+        "unsigned-extra-test",
+        "edited-after-signing",
+        "bad-schema",
+        "rollback",
+        "garbage",
+    ],
 )
 def test_bad_bundle_keeps_active_policy(
-    served: tuple[Source, str], tmp_path: Path, bad: Callable[[], bytes], reason: str
+    served: tuple[Source, str],
+    tmp_path: Path,
+    bad: Callable[[], bytes],
+    reason: str,
+    category: str,
+    revision: int,
 ) -> None:
     src, url = served
     state = DecisionState()
-    poller = BundlePoller(url, state, VERIFIER, last_good_dir=tmp_path)
+    seen: list[tuple[str, str, int]] = []
+    poller = BundlePoller(
+        url, state, VERIFIER, last_good_dir=tmp_path, on_reject=lambda *a: seen.append(a)
+    )
     src.data = _signed(3)
     assert poller.poll_once().status == "activated"
     good = (tmp_path / "last-good.tar.gz").read_bytes()
     src.data = bad()
     r = poller.poll_once()
     assert r.status == "rejected" and reason in r.detail, r.detail
+    assert (r.category, r.revision) == (category, revision)
+    assert seen == [(category, r.detail, revision)]
     assert state.policy is not None and state.policy.revision == 3
     assert (tmp_path / "last-good.tar.gz").read_bytes() == good
 
@@ -112,7 +148,17 @@ def test_failing_assertions_rejected_even_when_signed(
     state = DecisionState()
     r = BundlePoller(url, state, VERIFIER).poll_once()
     assert r.status == "rejected" and "assertions fail" in r.detail
+    assert (r.category, r.revision) == ("assertions", 9)
     assert state.policy is None
+
+
+def test_on_current_called_for_activation_and_not_modified(served: tuple[Source, str]) -> None:
+    _, url = served
+    calls: list[int] = []
+    poller = BundlePoller(url, DecisionState(), VERIFIER, on_current=lambda: calls.append(1))
+    assert poller.poll_once().status == "activated"
+    assert poller.poll_once().status == "not-modified"
+    assert len(calls) == 2
 
 
 def test_restore_last_good(served: tuple[Source, str], tmp_path: Path) -> None:
@@ -125,7 +171,7 @@ def test_restore_last_good(served: tuple[Source, str], tmp_path: Path) -> None:
 
 def test_unreachable_server_is_an_error() -> None:
     r = BundlePoller("http://127.0.0.1:9/bundle.tar.gz", DecisionState(), timeout=2).poll_once()
-    assert r.status == "error"
+    assert r.status == "error" and r.category == "download"
 
 
 def test_cli_bundle_serve() -> None:

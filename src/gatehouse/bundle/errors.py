@@ -11,6 +11,14 @@ class BundleError(ValueError):
         super().__init__(reason)
 
 
+class SignatureError(BundleError):
+    """The signature is missing, malformed, untrusted or does not verify."""
+
+
+class DigestMismatch(SignatureError):
+    """The signature verifies, but the bundle's files differ from the signed file list."""
+
+
 class AssertionsFailed(BundleError):
     """The bundle is well formed but at least one of its own assertions fails."""
 

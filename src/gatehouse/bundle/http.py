@@ -19,8 +19,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from gatehouse.bundle.activation import LAST_GOOD_NAME, activate, persist_last_good
-from gatehouse.bundle.errors import BundleError
-from gatehouse.bundle.loader import MAX_BYTES, Bundle, Limits, load_bundle_bytes
+from gatehouse.bundle.errors import AssertionsFailed, BundleError, DigestMismatch, SignatureError
+from gatehouse.bundle.loader import (
+    MANIFEST_FILE,
+    MAX_BYTES,
+    Bundle,
+    Limits,
+    make_bundle,
+    parse_manifest,
+    read_archive,
+)
 from gatehouse.bundle.signing import Verifier
 from gatehouse.engine.state import DecisionState, PolicyRollback
 
@@ -66,9 +74,34 @@ class PollResult:
     status: str  # activated | not-modified | rejected | error
     detail: str = ""
     bundle: Bundle | None = None
+    # For rejected/error: a short fixed category (download, archive, signature, digest,
+    # schema, assertions, rollback) and the rejected bundle's revision (0 when unknown).
+    category: str = ""
+    revision: int = 0
+
+
+RejectHook = Callable[[str, str, int], object]  # (category, detail, revision)
+
+
+def _peek_revision(files: dict[str, bytes]) -> int:
+    """The manifest revision of a bundle that may yet be rejected (0 when unreadable)."""
+    raw = files.get(MANIFEST_FILE)
+    if raw is None:
+        return 0
+    try:
+        return parse_manifest(raw).revision
+    except BundleError:
+        return 0
 
 
 class BundlePoller:
+    """Fetch, verify, test and activate bundles from a URL.
+
+    `on_reject(category, detail, revision)` is called for every rejected bundle and failed
+    fetch; `on_current()` whenever the active policy is confirmed current (a bundle was
+    activated, or the source answered `304 Not Modified`).
+    """
+
     def __init__(
         self,
         url: str,
@@ -77,6 +110,8 @@ class BundlePoller:
         last_good_dir: str | Path | None = None,
         limits: Limits | None = None,
         timeout: float = 10.0,
+        on_reject: RejectHook | None = None,
+        on_current: Callable[[], object] | None = None,
     ) -> None:
         self.url = url
         self.state = state
@@ -85,6 +120,13 @@ class BundlePoller:
         self.limits = limits or Limits()
         self.timeout = timeout
         self.etag: str | None = None
+        self.on_reject = on_reject
+        self.on_current = on_current
+
+    def _fail(self, status: str, category: str, detail: str, revision: int = 0) -> PollResult:
+        if self.on_reject is not None:
+            self.on_reject(category, detail, revision)
+        return PollResult(status, detail, category=category, revision=revision)
 
     def restore_last_good(self) -> PollResult:
         """Activate the persisted last good bundle, if any (used at start-up)."""
@@ -106,14 +148,16 @@ class BundlePoller:
                 cap = max(self.limits.max_total_bytes, MAX_BYTES)
                 data = resp.read(cap + 1)
                 if len(data) > cap:
-                    return PollResult("rejected", f"response larger than {cap} bytes")
+                    return self._fail("rejected", "download", f"response larger than {cap} bytes")
                 tag = resp.headers.get("ETag")
         except urllib.error.HTTPError as e:
             if e.code == 304:
+                if self.on_current is not None:
+                    self.on_current()
                 return PollResult("not-modified")
-            return PollResult("error", f"HTTP {e.code} from {self.url}")
+            return self._fail("error", "download", f"HTTP {e.code} from {self.url}")
         except (urllib.error.URLError, OSError) as e:
-            return PollResult("error", f"{self.url}: {e}")
+            return self._fail("error", "download", f"{self.url}: {e}")
         result = self._install(data, persist=True)
         if result.status == "activated":
             self.etag = tag
@@ -121,13 +165,34 @@ class BundlePoller:
 
     def _install(self, data: bytes, persist: bool) -> PollResult:
         try:
-            bundle = load_bundle_bytes(data, self.verifier, self.limits)
+            files = read_archive(data, self.limits)
+        except BundleError as e:
+            return self._fail("rejected", "archive", str(e))
+        revision = _peek_revision(files)
+        try:
+            bundle = make_bundle(files, self.verifier)
+        except DigestMismatch as e:
+            return self._fail("rejected", "digest", str(e), revision)
+        except SignatureError as e:
+            return self._fail("rejected", "signature", str(e), revision)
+        except BundleError as e:
+            return self._fail("rejected", "schema", str(e), revision)
+        try:
             activate(self.state, bundle)
+        except AssertionsFailed as e:
+            return self._fail("rejected", "assertions", str(e), revision)
         except (BundleError, PolicyRollback) as e:
-            return PollResult("rejected", str(e))
+            return self._fail("rejected", "rollback", str(e), revision)
         if persist and self.last_good_dir is not None:
             persist_last_good(data, self.last_good_dir)
-        return PollResult("activated", f"{bundle.manifest.name}@{bundle.manifest.revision}", bundle)
+        if self.on_current is not None:
+            self.on_current()
+        return PollResult(
+            "activated",
+            f"{bundle.manifest.name}@{bundle.manifest.revision}",
+            bundle,
+            revision=bundle.manifest.revision,
+        )
 
     def run(self, interval: float, stop: threading.Event) -> None:
         """Poll every `interval` seconds until `stop` is set."""

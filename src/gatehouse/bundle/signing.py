@@ -20,7 +20,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from gatehouse.bundle.errors import BundleError
+from gatehouse.bundle.errors import BundleError, DigestMismatch, SignatureError
 
 SIGNATURES_FILE = ".signatures.json"
 HASH_ALGORITHM = "SHA-256"
@@ -133,14 +133,16 @@ def _single_token(raw: bytes) -> str:
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise BundleError(f"{SIGNATURES_FILE} is not valid JSON: {e}") from None
+        raise SignatureError(f"{SIGNATURES_FILE} is not valid JSON: {e}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("signatures"), list):
-        raise BundleError(f'{SIGNATURES_FILE} must be {{"signatures": [JWT]}}')
+        raise SignatureError(f'{SIGNATURES_FILE} must be {{"signatures": [JWT]}}')
     sigs = doc["signatures"]
     if len(sigs) != 1:
-        raise BundleError(f"{SIGNATURES_FILE} must hold exactly one signature, found {len(sigs)}")
+        raise SignatureError(
+            f"{SIGNATURES_FILE} must hold exactly one signature, found {len(sigs)}"
+        )
     if not isinstance(sigs[0], str):
-        raise BundleError(f"{SIGNATURES_FILE}: the signature must be a JWT string")
+        raise SignatureError(f"{SIGNATURES_FILE}: the signature must be a JWT string")
     return sigs[0]
 
 
@@ -148,22 +150,22 @@ def verify_files(files: Mapping[str, bytes], verifier: Verifier) -> SignatureInf
     """Check the signature over `files`; raise BundleError with the reason on any problem."""
     raw = files.get(SIGNATURES_FILE)
     if raw is None:
-        raise BundleError(f"bundle is not signed: {SIGNATURES_FILE} is missing")
+        raise SignatureError(f"bundle is not signed: {SIGNATURES_FILE} is missing")
     token = _single_token(raw)
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as e:
-        raise BundleError(f"signature is not a valid JWT: {e}") from None
+        raise SignatureError(f"signature is not a valid JWT: {e}") from None
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
-        raise BundleError("signature header has no key id (kid)")
+        raise SignatureError("signature header has no key id (kid)")
     key = verifier.keys.get(kid)
     if key is None:
-        raise BundleError(f"signature key id {kid!r} is not a trusted key")
+        raise SignatureError(f"signature key id {kid!r} is not a trusted key")
     algorithms = allowed_algorithms(key)
     alg = header.get("alg")
     if alg not in algorithms:
-        raise BundleError(
+        raise SignatureError(
             f"signature algorithm {alg!r} is not allowed for key {kid!r} (allowed: {algorithms})"
         )
     try:
@@ -171,18 +173,18 @@ def verify_files(files: Mapping[str, bytes], verifier: Verifier) -> SignatureInf
             token, key, algorithms=algorithms, options={"require": ["iat"], "verify_aud": False}
         )
     except jwt.InvalidSignatureError:
-        raise BundleError(f"signature does not verify with key {kid!r}") from None
+        raise SignatureError(f"signature does not verify with key {kid!r}") from None
     except jwt.PyJWTError as e:
-        raise BundleError(f"signature rejected: {e}") from None
+        raise SignatureError(f"signature rejected: {e}") from None
     if payload.get("keyid") != kid:
-        raise BundleError(
+        raise SignatureError(
             f"signed keyid {payload.get('keyid')!r} does not match header kid {kid!r}"
         )
     scope = payload.get("scope")
     if scope is not None and not isinstance(scope, str):
-        raise BundleError("signed scope must be a string")
+        raise SignatureError("signed scope must be a string")
     if verifier.scope is not None and scope != verifier.scope:
-        raise BundleError(
+        raise SignatureError(
             f"signed scope {scope!r} does not match required scope {verifier.scope!r}"
         )
     _compare_files(files, payload.get("files"))
@@ -191,7 +193,7 @@ def verify_files(files: Mapping[str, bytes], verifier: Verifier) -> SignatureInf
 
 def _compare_files(files: Mapping[str, bytes], listed: Any) -> None:
     if not isinstance(listed, list):
-        raise BundleError("signed payload has no `files` list")
+        raise SignatureError("signed payload has no `files` list")
     signed: dict[str, str] = {}
     for entry in listed:
         if (
@@ -199,14 +201,14 @@ def _compare_files(files: Mapping[str, bytes], listed: Any) -> None:
             or not isinstance(entry.get("name"), str)
             or not isinstance(entry.get("hash"), str)
         ):
-            raise BundleError("signed file entries must have a `name` and a `hash`")
+            raise SignatureError("signed file entries must have a `name` and a `hash`")
         if entry.get("algorithm") != HASH_ALGORITHM:
-            raise BundleError(
+            raise SignatureError(
                 f"signed file {entry['name']!r}: unsupported hash algorithm "
                 f"{entry.get('algorithm')!r}"
             )
         if entry["name"] in signed:
-            raise BundleError(f"signed file {entry['name']!r} is listed twice")
+            raise SignatureError(f"signed file {entry['name']!r} is listed twice")
         signed[entry["name"]] = entry["hash"].lower()
     actual = {n for n in files if n != SIGNATURES_FILE}
     added = sorted(actual - signed.keys())
@@ -217,7 +219,9 @@ def _compare_files(files: Mapping[str, bytes], listed: Any) -> None:
             parts.append(f"not signed: {', '.join(added)}")
         if removed:
             parts.append(f"signed but missing: {', '.join(removed)}")
-        raise BundleError("bundle files differ from the signed list (" + "; ".join(parts) + ")")
+        raise DigestMismatch("bundle files differ from the signed list (" + "; ".join(parts) + ")")
     for name in sorted(actual):
         if sha256_hex(files[name]) != signed[name]:
-            raise BundleError(f"digest mismatch for {name}: contents differ from the signed hash")
+            raise DigestMismatch(
+                f"digest mismatch for {name}: contents differ from the signed hash"
+            )

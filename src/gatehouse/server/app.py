@@ -18,6 +18,7 @@ from gatehouse.observability.decision_log import DecisionLog
 from gatehouse.server.cache import make_checker
 from gatehouse.server.metrics import Metrics, MetricsInterceptor
 from gatehouse.server.servicer import DEFAULT_MAX_WAIT, DecisionServicer
+from gatehouse.server.status import Freshness, RejectionLog
 from gatehouse.v1 import decision_pb2 as pb
 from gatehouse.v1 import decision_pb2_grpc as pb_grpc
 
@@ -34,6 +35,10 @@ class ServerHandle:
     metrics: Metrics
     health: health.HealthServicer
     decision_log: DecisionLog | None = None
+    # Data sources call `freshness.touch()` whenever they confirm the data current.
+    freshness: Freshness = field(default_factory=Freshness)
+    policy_freshness: Freshness = field(default_factory=Freshness)
+    rejections: RejectionLog = field(default_factory=RejectionLog)
     _stop: threading.Event = field(default_factory=threading.Event)
     _stopped: bool = False
 
@@ -57,10 +62,16 @@ class ServerHandle:
         self.server.wait_for_termination()
 
 
-def _watch_ready(state: DecisionState, hs: health.HealthServicer, stop: threading.Event) -> None:
+def _watch_ready(
+    state: DecisionState,
+    hs: health.HealthServicer,
+    stop: threading.Event,
+    freshness: Freshness,
+    max_data_age: float | None,
+) -> None:
     last: bool | None = None
     while not stop.is_set():
-        ready = state.ready
+        ready = state.ready and freshness.is_fresh(max_data_age)
         if ready != last:
             status = (
                 health_pb2.HealthCheckResponse.SERVING
@@ -86,19 +97,38 @@ def serve(
     decision_cache_size: int = 0,
     decision_log: str | None = None,
     decision_log_mask: Sequence[str] = (),
+    freshness: Freshness | None = None,
+    policy_freshness: Freshness | None = None,
+    rejections: RejectionLog | None = None,
+    max_data_age: float | None = None,
+    so_reuseport: bool = False,
 ) -> ServerHandle:
     """Start serving `state`; return at once with a handle (call `.stop()` to end).
 
     `cursor_key` signs pagination cursors; without one a random per-process key is used,
     so cursors do not survive a restart. `decision_cache_size` > 0 wraps Check in an LRU
-    decision cache of that many entries (0 = off).
+    decision cache of that many entries (0 = off). `max_workers` is the RPC thread count.
+
+    `freshness` is touched by the data source whenever it confirms the data current (static
+    tuples: once at load; a feed client: every delta and heartbeat); with `max_data_age`
+    (seconds) health reports NOT_SERVING while the data is older than that, or was never
+    confirmed. `policy_freshness` is touched by the bundle source; `rejections` records
+    rejected bundles. All three are created when not given and are on the handle.
+    `so_reuseport` lets several processes share the `listen` port (`serve --workers N`).
     """
     if listen is None and unix is None:
         raise ValueError("nothing to listen on: give listen and/or unix")
-    metrics = Metrics(state)
+    if max_data_age is not None and max_data_age <= 0:
+        raise ValueError("max_data_age must be > 0 seconds")
+    freshness = freshness if freshness is not None else Freshness()
+    policy_freshness = policy_freshness if policy_freshness is not None else Freshness()
+    rejections = rejections if rejections is not None else RejectionLog()
+    metrics = Metrics(state, freshness, policy_freshness, rejections)
+    options = [("grpc.so_reuseport", 1)] if so_reuseport else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gatehouse-rpc"),
         interceptors=[MetricsInterceptor(metrics)],
+        options=options,
     )
     codec = CursorCodec(cursor_key if cursor_key is not None else os.urandom(32))
     checker = make_checker(decision_cache_size, metrics.cache_hits.inc, metrics.cache_misses.inc)
@@ -107,7 +137,18 @@ def serve(
         if decision_log
         else None
     )
-    servicer = DecisionServicer(state, codec, metrics, max_wait, checker, dlog)
+    servicer = DecisionServicer(
+        state,
+        codec,
+        metrics,
+        max_wait,
+        checker,
+        dlog,
+        freshness=freshness,
+        policy_freshness=policy_freshness,
+        rejections=rejections,
+        max_data_age=max_data_age,
+    )
     pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
@@ -125,12 +166,17 @@ def serve(
         if server.add_insecure_port(target) == 0:
             raise OSError(f"cannot listen on {target}")
     mport = metrics.start_http(metrics_port) if metrics_port is not None else None
-    handle = ServerHandle(server, port, mport, metrics, hs, dlog)
+    handle = ServerHandle(
+        server, port, mport, metrics, hs, dlog, freshness, policy_freshness, rejections
+    )
     # NOT_SERVING until the state is ready; then SERVING.
     hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     threading.Thread(
-        target=_watch_ready, args=(state, hs, handle._stop), name="gatehouse-health", daemon=True
+        target=_watch_ready,
+        args=(state, hs, handle._stop, freshness, max_data_age),
+        name="gatehouse-health",
+        daemon=True,
     ).start()
     server.start()
     return handle

@@ -6,13 +6,16 @@ Labels never carry ids: only method names, status codes and decision results.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from gatehouse.engine.state import DecisionState
+from gatehouse.server.status import Freshness, RejectionLog
 
 _BUCKETS = (
     0.0001,
@@ -34,9 +37,40 @@ _BUCKETS = (
 )
 
 
+class _RejectionCollector(Collector):
+    """`gatehouse_bundle_rejections_total{reason}`, read from a RejectionLog at scrape time."""
+
+    def __init__(self, log: RejectionLog) -> None:
+        self._log = log
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "gatehouse_bundle_rejections",
+            "Bundles not activated (the active bundle kept serving), by reason category.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self._log.counts().items()):
+            family.add_metric([reason], float(n))
+        yield family
+
+
+def _age(f: Freshness) -> float:
+    age = f.age()
+    return -1.0 if age is None else age
+
+
 class Metrics:
-    def __init__(self, state: DecisionState) -> None:
+    def __init__(
+        self,
+        state: DecisionState,
+        freshness: Freshness | None = None,
+        policy_freshness: Freshness | None = None,
+        rejections: RejectionLog | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
+        self.freshness = freshness if freshness is not None else Freshness()
+        self.policy_freshness = policy_freshness if policy_freshness is not None else Freshness()
+        self.rejections = rejections if rejections is not None else RejectionLog()
         self.handled = Counter(
             "grpc_server_handled_total",
             "RPCs completed on the server, by method and status code.",
@@ -68,6 +102,19 @@ class Metrics:
         policy_rev.set_function(
             lambda: float(state.policy.revision) if state.policy is not None else 0.0
         )
+        data_age = Gauge(
+            "gatehouse_data_age_seconds",
+            "Seconds since the data source last confirmed the data current (-1: never).",
+            registry=self.registry,
+        )
+        data_age.set_function(lambda: _age(self.freshness))
+        policy_age = Gauge(
+            "gatehouse_policy_age_seconds",
+            "Seconds since the bundle source last confirmed the active policy current (-1: never).",
+            registry=self.registry,
+        )
+        policy_age.set_function(lambda: _age(self.policy_freshness))
+        self.registry.register(_RejectionCollector(self.rejections))
         self.cache_hits = Counter(
             "gatehouse_decision_cache_hits",
             "Check decisions answered from the decision cache.",

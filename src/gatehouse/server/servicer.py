@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -21,6 +21,7 @@ from gatehouse.graph.tuples import InvalidReference, parse_object, parse_subject
 from gatehouse.observability.decision_log import DecisionLog
 from gatehouse.server.cache import CheckFn, direct_check
 from gatehouse.server.metrics import Metrics
+from gatehouse.server.status import Freshness, RejectionLog
 from gatehouse.v1 import decision_pb2 as pb
 from gatehouse.v1 import decision_pb2_grpc as pb_grpc
 
@@ -79,8 +80,17 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         max_wait: float = DEFAULT_MAX_WAIT,
         checker: CheckFn = direct_check,
         decision_log: DecisionLog | None = None,
+        *,
+        freshness: Freshness | None = None,
+        policy_freshness: Freshness | None = None,
+        rejections: RejectionLog | None = None,
+        max_data_age: float | None = None,
     ) -> None:
         self.state = state
+        self.freshness = freshness if freshness is not None else Freshness()
+        self.policy_freshness = policy_freshness if policy_freshness is not None else Freshness()
+        self.rejections = rejections if rejections is not None else RejectionLog()
+        self.max_data_age = max_data_age
         self.decision_log = decision_log
         self.checker = checker
         self.codec = codec
@@ -260,12 +270,28 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         policy = self.state.policy
-        return pb.StatusResponse(
+        data_age = self.freshness.age()
+        policy_age = self.policy_freshness.age()
+        resp = pb.StatusResponse(
             policy_name=policy.name if policy is not None else "",
             policy_revision=policy.revision if policy is not None else 0,
             data_revision=self.state.store.current.revision,
             ready=self.state.ready,
+            data_age_seconds=-1.0 if data_age is None else data_age,
+            policy_age_seconds=-1.0 if policy_age is None else policy_age,
+            rejections_total=sum(self.rejections.counts().values()),
+            data_fresh=self.freshness.is_fresh(self.max_data_age),
         )
+        last = self.rejections.last
+        if last is not None:
+            when = timestamp_pb2.Timestamp()
+            when.FromNanoseconds(int(last.time * 1e9))
+            resp.last_rejection.CopyFrom(
+                pb.BundleRejection(
+                    category=last.category, reason=last.detail, time=when, revision=last.revision
+                )
+            )
+        return resp
 
     def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingResponse:
         return pb.PingResponse()

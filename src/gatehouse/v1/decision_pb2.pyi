@@ -9,6 +9,7 @@ relationship tuples. Subjects and resources are strings: `user:ann`,
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -363,10 +364,31 @@ class StatusResponse(_message.Message):
     POLICY_REVISION_FIELD_NUMBER: _builtins.int
     DATA_REVISION_FIELD_NUMBER: _builtins.int
     READY_FIELD_NUMBER: _builtins.int
+    DATA_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    POLICY_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    LAST_REJECTION_FIELD_NUMBER: _builtins.int
+    REJECTIONS_TOTAL_FIELD_NUMBER: _builtins.int
+    DATA_FRESH_FIELD_NUMBER: _builtins.int
     policy_name: _builtins.str
     policy_revision: _builtins.int
     data_revision: _builtins.int
     ready: _builtins.bool
+    data_age_seconds: _builtins.float
+    """Seconds since the data source last confirmed the data current (load, feed delta or
+    heartbeat); -1 when it never has.
+    """
+    policy_age_seconds: _builtins.float
+    """Seconds since the policy source last confirmed the active bundle current (activation or
+    an unchanged poll); -1 when it never has.
+    """
+    rejections_total: _builtins.int
+    """Bundle rejections since start, all categories."""
+    data_fresh: _builtins.bool
+    """False when --max-data-age is set and the data is older (health is then NOT_SERVING)."""
+    @_builtins.property
+    def last_rejection(self) -> Global___BundleRejection:
+        """The most recent bundle rejection since start; unset when there was none."""
+
     def __init__(
         self,
         *,
@@ -374,14 +396,55 @@ class StatusResponse(_message.Message):
         policy_revision: _builtins.int = ...,
         data_revision: _builtins.int = ...,
         ready: _builtins.bool = ...,
+        data_age_seconds: _builtins.float = ...,
+        policy_age_seconds: _builtins.float = ...,
+        last_rejection: Global___BundleRejection | None = ...,
+        rejections_total: _builtins.int = ...,
+        data_fresh: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_rejection", b"last_rejection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_revision", b"data_revision", "policy_name", b"policy_name", "policy_revision", b"policy_revision", "ready", b"ready"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_age_seconds", b"data_age_seconds", "data_fresh", b"data_fresh", "data_revision", b"data_revision", "last_rejection", b"last_rejection", "policy_age_seconds", b"policy_age_seconds", "policy_name", b"policy_name", "policy_revision", b"policy_revision", "ready", b"ready", "rejections_total", b"rejections_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class BundleRejection(_message.Message):
+    """A bundle that was not activated; the previously active bundle kept serving."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    """Short fixed category: download, archive, signature, digest, schema, assertions, rollback."""
+    reason: _builtins.str
+    """the full reason, as logged"""
+    revision: _builtins.int
+    """the rejected bundle's revision; 0 when unknown"""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """when it was rejected"""
+
+    def __init__(
+        self,
+        *,
+        category: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "reason", b"reason", "revision", b"revision", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BundleRejection: _TypeAlias = BundleRejection  # noqa: Y015
 
 @_typing.final
 class PingRequest(_message.Message):

@@ -110,7 +110,7 @@ class DecisionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Status(self, request, context):
-        """Active policy and data revisions, and readiness.
+        """Active policy and data revisions, readiness, data age and the last bundle rejection.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
