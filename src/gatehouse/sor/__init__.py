@@ -1,6 +1,5 @@
-"""The system of record: relationships in SQL with a transactional change log."""
+"""The reference system of record: domain tables, change capture and writes."""
 
-from gatehouse.sor.store import Change, SystemOfRecord
-from gatehouse.sor.tables import change_log, metadata, relationships, sor_meta
+from gatehouse.sor.store import RowChange, RowError, SystemOfRecord, Transaction, WriteTx
 
-__all__ = ["Change", "SystemOfRecord", "change_log", "metadata", "relationships", "sor_meta"]
+__all__ = ["RowChange", "RowError", "SystemOfRecord", "Transaction", "WriteTx"]

@@ -1,4 +1,4 @@
-"""`SystemOfRecord`: write relationships and their change log in one transaction.
+"""`SystemOfRecord`: domain rows and their change log, written in one transaction.
 
 Change capture must never skip a transaction that commits late. Every write transaction
 starts by incrementing the single `sor_meta` row (`UPDATE ... SET revision = revision + 1`).
@@ -8,18 +8,28 @@ undoes its increment). On SQLite the transaction begins IMMEDIATE, taking the da
 lock, which gives the same order. A reader that first reads `sor_meta.revision` = R and then
 reads change_log rows with revision <= R therefore sees every one of them: all were committed
 before R was. The price is that writers are serialised (see docs/sync.md).
+
+On PostgreSQL a committed transaction also sends `NOTIFY gatehouse_sor` so the sync worker
+wakes at once instead of at its next poll.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Connection,
+    DateTime,
     Engine,
+    String,
+    Table,
+    and_,
     create_engine,
     delete,
     event,
@@ -27,50 +37,236 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
-from gatehouse.engine.validate import validate_delta
-from gatehouse.graph.tuples import Delta, ObjectRef, SubjectRef, Tuple
-from gatehouse.model.compiler import CompiledSchema
-from gatehouse.sor.tables import change_log, metadata, relationships, sor_meta
+from gatehouse.graph.tuples import Delta, Tuple
+from gatehouse.sor.tables import (
+    CAPTURED,
+    SECRET_COLUMNS,
+    WRITABLE,
+    audit_log,
+    change_log,
+    metadata,
+    sor_meta,
+)
 
 _WRITE_OPTION = "gatehouse_sor_write"
-_TUPLE_COLS = (
-    "resource_type",
-    "resource_id",
-    "relation",
-    "subject_type",
-    "subject_id",
-    "subject_relation",
-)
+NOTIFY_CHANNEL = "gatehouse_sor"
+
+
+class RowError(ValueError):
+    """A row that cannot be written: unknown table or column, wrong type, missing or
+    duplicate key. Nothing of the transaction is committed."""
 
 
 @dataclass(frozen=True, slots=True)
-class Change:
-    """The effective changes of one system-of-record transaction."""
+class RowChange:
+    table: str
+    op: str  # insert | update | delete | reconcile
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """The captured changes of one system-of-record transaction."""
 
     revision: int
-    writes: tuple[str, ...]
-    deletes: tuple[str, ...]
+    changes: tuple[RowChange, ...]
 
 
-def tuple_row(t: Tuple) -> dict[str, str]:
-    return {
-        "resource_type": t.resource.type,
-        "resource_id": t.resource.id,
-        "relation": t.relation,
-        "subject_type": t.subject.type,
-        "subject_id": t.subject.id,
-        "subject_relation": t.subject.relation or "",
-    }
+def _image(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON-ready copy of a row without secrets (datetimes as ISO strings)."""
+    out: dict[str, Any] = {}
+    for c in table.columns:
+        if c.name in SECRET_COLUMNS:
+            continue
+        v = row.get(c.name)
+        out[c.name] = v.isoformat() if isinstance(v, dt.datetime) else v
+    return out
 
 
-def row_tuple(row: Any) -> Tuple:
-    return Tuple(
-        ObjectRef(row.resource_type, row.resource_id),
-        row.relation,
-        SubjectRef(row.subject_type, row.subject_id, row.subject_relation or None),
-    )
+def _check_value(table: Table, name: str, value: Any) -> None:
+    col = table.columns[name]
+    if value is None:
+        if not col.nullable:
+            raise RowError(f"{table.name}.{name} may not be null")
+        return
+    if isinstance(col.type, Boolean):
+        ok = isinstance(value, bool)
+    elif isinstance(col.type, DateTime):
+        ok = isinstance(value, dt.datetime)
+    elif isinstance(col.type, String):
+        ok = isinstance(value, str)
+        if ok and col.type.length is not None and len(value) > col.type.length:
+            raise RowError(f"{table.name}.{name} is longer than {col.type.length} characters")
+    else:
+        ok = isinstance(value, int | str) and not isinstance(value, bool)
+    if not ok:
+        raise RowError(f"{table.name}.{name}: {type(value).__name__} is not a valid value")
+
+
+def _table(name: str) -> Table:
+    t = WRITABLE.get(name)
+    if t is None:
+        raise RowError(f"unknown table {name!r}")
+    return t
+
+
+def _key_of(table: Table, values: Mapping[str, Any]) -> dict[str, Any]:
+    key: dict[str, Any] = {}
+    for c in table.primary_key.columns:
+        if c.name not in values:
+            raise RowError(f"{table.name}: key column {c.name!r} missing")
+        key[c.name] = values[c.name]
+    extra = set(values) - set(key)
+    if extra:
+        raise RowError(f"{table.name}: {sorted(extra)} are not key columns")
+    return key
+
+
+def _where(table: Table, cond: Mapping[str, Any]) -> Any:
+    for k in cond:
+        if k not in table.columns:
+            raise RowError(f"{table.name} has no column {k!r}")
+    return and_(True, *[table.c[k] == v for k, v in cond.items()])
+
+
+class WriteTx:
+    """One open write transaction. Every change to a captured table is logged with its
+    before and after images at the transaction's revision."""
+
+    def __init__(self, conn: Connection, revision: int, now: dt.datetime) -> None:
+        self._conn = conn
+        self.revision = revision
+        self.now = now
+        self._log: list[dict[str, Any]] = []
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._log)
+
+    def _record(self, table: Table, op: str, old: Any, new: Any) -> None:
+        if table.name not in CAPTURED:
+            self._log.append({})  # still a change: keep the revision, log nothing
+            return
+        self._log.append(
+            {
+                "revision": self.revision,
+                "table_name": table.name,
+                "op": op,
+                "old": None if old is None else json.dumps(_image(table, old), sort_keys=True),
+                "new": None if new is None else json.dumps(_image(table, new), sort_keys=True),
+                "committed_at": self.now,
+            }
+        )
+
+    # reads --------------------------------------------------------------------
+    def get(self, table_name: str, **key: Any) -> dict[str, Any] | None:
+        t = _table(table_name)
+        row = self._conn.execute(select(t).where(_where(t, _key_of(t, key)))).mappings().first()
+        return dict(row) if row is not None else None
+
+    def select(self, table_name: str, **where: Any) -> list[dict[str, Any]]:
+        t = _table(table_name)
+        rows = self._conn.execute(select(t).where(_where(t, where))).mappings().all()
+        return [dict(r) for r in rows]
+
+    # writes -------------------------------------------------------------------
+    def insert(self, table_name: str, **values: Any) -> dict[str, Any]:
+        """Insert one row (defaults filled in); a duplicate key is a RowError."""
+        t = _table(table_name)
+        row: dict[str, Any] = {}
+        for c in t.columns:
+            if c.name in values:
+                row[c.name] = values[c.name]
+            elif c.default is not None and getattr(c.default, "is_scalar", False):
+                row[c.name] = c.default.arg  # type: ignore[attr-defined]
+            elif c.autoincrement is True:
+                continue
+            else:
+                row[c.name] = None
+        unknown = set(values) - set(t.columns.keys())
+        if unknown:
+            raise RowError(f"{t.name} has no column(s) {sorted(unknown)}")
+        for k, v in row.items():
+            _check_value(t, k, v)
+        key = {c.name: row[c.name] for c in t.primary_key.columns}
+        if self.get(table_name, **key) is not None:
+            raise RowError(f"{t.name}: {key} already exists")
+        self._conn.execute(insert(t).values(**row))
+        self._record(t, "insert", None, row)
+        return row
+
+    def update(self, table_name: str, key: Mapping[str, Any], **values: Any) -> dict[str, Any]:
+        """Change non-key columns of one existing row; returns the old row."""
+        t = _table(table_name)
+        k = _key_of(t, key)
+        for name, v in values.items():
+            if name not in t.columns:
+                raise RowError(f"{t.name} has no column {name!r}")
+            if name in k:
+                raise RowError(f"{t.name}.{name} is part of the key: delete and insert instead")
+            _check_value(t, name, v)
+        old = self.get(table_name, **k)
+        if old is None:
+            raise RowError(f"{t.name}: no row {k}")
+        new = {**old, **values}
+        if new == old:
+            return old
+        self._conn.execute(update(t).where(_where(t, k)).values(**values))
+        self._record(t, "update", old, new)
+        return old
+
+    def delete(self, table_name: str, **key: Any) -> dict[str, Any] | None:
+        """Delete one row by key; returns it, or None when there was none."""
+        t = _table(table_name)
+        k = _key_of(t, key)
+        old = self.get(table_name, **k)
+        if old is None:
+            return None
+        self._conn.execute(delete(t).where(_where(t, k)))
+        self._record(t, "delete", old, None)
+        return old
+
+    def delete_where(self, table_name: str, **where: Any) -> list[dict[str, Any]]:
+        if not where:
+            raise RowError("delete_where needs a condition")
+        t = _table(table_name)
+        gone = self.select(table_name, **where)
+        for row in gone:
+            self.delete(table_name, **{c.name: row[c.name] for c in t.primary_key.columns})
+        return gone
+
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        target_type: str,
+        target_id: str,
+        before: Any = None,
+        after: Any = None,
+    ) -> None:
+        def enc(v: Any) -> str | None:
+            return None if v is None else json.dumps(v, sort_keys=True, default=str)
+
+        self._conn.execute(
+            insert(audit_log).values(
+                at=self.now,
+                actor=actor,
+                action=action,
+                target_type=target_type,
+                target_id=target_id,
+                before=enc(before),
+                after=enc(after),
+                revision=self.revision,
+            )
+        )
+        self._log.append({})
+
+    def _flush(self) -> None:
+        rows = [r for r in self._log if r]
+        if rows:
+            self._conn.execute(insert(change_log), rows)
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
@@ -91,89 +287,118 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-class SystemOfRecord:
-    """Relationships and their change log in a SQL database (SQLite or PostgreSQL).
+def row_tuple_str(row: Mapping[str, Any]) -> str:
+    """The tuple a `relationships` row holds."""
+    rel = row.get("subject_relation") or ""
+    return (
+        f"{row['resource_type']}:{row['resource_id']}#{row['relation']}"
+        f"@{row['subject_type']}:{row['subject_id']}{'#' + rel if rel else ''}"
+    )
 
-    `schema` (optional) validates writes against a compiled policy so the feed never carries
-    a tuple the decision servers would refuse. `db_schema` puts the tables in a PostgreSQL
-    schema (namespace) other than the default.
+
+def tuple_row(t: Tuple) -> dict[str, str]:
+    return {
+        "resource_type": t.resource.type,
+        "resource_id": t.resource.id,
+        "relation": t.relation,
+        "subject_type": t.subject.type,
+        "subject_id": t.subject.id,
+        "subject_relation": t.subject.relation or "",
+    }
+
+
+class SystemOfRecord:
+    """The reference system of record in a SQL database (SQLite or PostgreSQL).
+
+    `db_schema` puts the tables in a PostgreSQL schema (namespace) other than the default.
     """
 
     def __init__(
-        self,
-        url: str,
-        *,
-        schema: CompiledSchema | None = None,
-        db_schema: str | None = None,
-        engine: Engine | None = None,
+        self, url: str, *, db_schema: str | None = None, engine: Engine | None = None
     ) -> None:
-        base = engine if engine is not None else create_engine(url)
+        base = engine if engine is not None else create_engine(url, pool_pre_ping=True)
         if base.dialect.name == "sqlite":
             _install_sqlite_hooks(base)
+        self.url = url
         self.engine = (
             base.execution_options(schema_translate_map={None: db_schema}) if db_schema else base
         )
         self.dialect = base.dialect.name
-        self.policy_schema = schema
+        self.db_schema = db_schema
 
     def close(self) -> None:
         self.engine.dispose()
 
     # schema -------------------------------------------------------------------
     def create_schema(self) -> None:
-        """Create the tables (if missing) and the `sor_meta` row. Idempotent."""
+        """Create the tables (if missing) and the `sor_meta` row. Idempotent. Production
+        databases use the Alembic migrations instead (`gatehouse sor migrate`)."""
         with self.engine.begin() as conn:
             metadata.create_all(conn, checkfirst=True)
+        self.ensure_meta()
+
+    def ensure_meta(self) -> None:
         with self.engine.begin() as conn:
             if conn.execute(select(sor_meta.c.id)).first() is None:
                 conn.execute(insert(sor_meta).values(id=1, revision=0, log_floor=0))
 
     # writes -------------------------------------------------------------------
-    def write(self, writes: Iterable[Tuple | str] = (), deletes: Iterable[Tuple | str] = ()) -> int:
-        """Apply deletes then writes in one transaction; return the revision they are visible
-        at. Only effective changes are logged; a call that changes nothing allocates no
-        revision and returns the current one."""
-        delta = Delta.of(writes, deletes)
-        if self.policy_schema is not None:
-            validate_delta(self.policy_schema, delta)
-        wset = list(dict.fromkeys(delta.writes))
-        in_writes = set(wset)
-        dset = [t for t in dict.fromkeys(delta.deletes) if t not in in_writes]
+    @contextmanager
+    def transaction(self) -> Iterator[WriteTx]:
+        """One atomic write. `tx.revision` is the revision the changes are visible at once
+        the block exits; an exception rolls everything back. A transaction that changes
+        nothing allocates no revision (its `revision` is then the current one)."""
         now = dt.datetime.now(dt.UTC)
         with self.engine.connect() as conn:
             conn.execution_options(**{_WRITE_OPTION: True})
             with conn.begin() as txn:
-                revision = conn.execute(
-                    update(sor_meta)
-                    .where(sor_meta.c.id == 1)
-                    .values(revision=sor_meta.c.revision + 1)
-                    .returning(sor_meta.c.revision)
-                ).scalar_one()
-                log: list[dict[str, Any]] = []
-                for t in dset:
-                    row = tuple_row(t)
-                    where = [relationships.c[k] == v for k, v in row.items()]
-                    if conn.execute(delete(relationships).where(*where)).rowcount:
-                        log.append({**row, "op": "delete"})
-                for t in wset:
-                    row = tuple_row(t)
-                    if conn.execute(self._insert_ignore(row)).rowcount:
-                        log.append({**row, "op": "write"})
-                if not log:
-                    txn.rollback()
-                    return int(revision) - 1
-                conn.execute(
-                    insert(change_log),
-                    [{**r, "revision": revision, "committed_at": now} for r in log],
+                revision = int(
+                    conn.execute(
+                        update(sor_meta)
+                        .where(sor_meta.c.id == 1)
+                        .values(revision=sor_meta.c.revision + 1)
+                        .returning(sor_meta.c.revision)
+                    ).scalar_one()
                 )
-        return int(revision)
+                tx = WriteTx(conn, revision, now)
+                yield tx
+                if not tx.changed:
+                    txn.rollback()
+                    tx.revision = revision - 1
+                    return
+                tx._flush()
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}, '{revision}'")
 
-    def _insert_ignore(self, row: dict[str, str]) -> Any:
-        if self.dialect == "postgresql":
-            return postgresql.insert(relationships).values(**row).on_conflict_do_nothing()
-        if self.dialect == "sqlite":
-            return sqlite.insert(relationships).values(**row).on_conflict_do_nothing()
-        raise NotImplementedError(f"unsupported database dialect {self.dialect!r}")
+    def write(self, writes: Iterable[Tuple | str] = (), deletes: Iterable[Tuple | str] = ()) -> int:
+        """Change rows of the `relationships` table (plain tuples); deletes apply first.
+        Returns the revision."""
+        delta = Delta.of(writes, deletes)
+        in_writes = set(delta.writes)
+        with self.transaction() as tx:
+            for t in dict.fromkeys(delta.deletes):
+                if t not in in_writes:
+                    tx.delete("relationships", **tuple_row(t))
+            for t in dict.fromkeys(delta.writes):
+                row = tuple_row(t)
+                if tx.get("relationships", **row) is None:
+                    tx.insert("relationships", **row)
+        return tx.revision
+
+    def mark_reconcile(self, note: str) -> int:
+        """Commit an empty transaction whose revision carries a reconciliation's repairs."""
+        with self.transaction() as tx:
+            tx._log.append(
+                {
+                    "revision": tx.revision,
+                    "table_name": "",
+                    "op": "reconcile",
+                    "old": None,
+                    "new": json.dumps({"note": note}),
+                    "committed_at": tx.now,
+                }
+            )
+        return tx.revision
 
     def prune(self, through_revision: int) -> int:
         """Drop change_log rows at or below `through_revision`; watchers older than that get
@@ -202,35 +427,35 @@ class SystemOfRecord:
     def revision(self) -> int:
         return self.bounds()[1]
 
-    def tuples(self) -> tuple[int, list[str]]:
-        """(revision, every tuple) read in one transaction."""
-        out: list[str] = []
-        rev = 0
-        for snap_rev, chunk in self.snapshot(chunk_size=10_000):
-            rev = snap_rev
-            out.extend(chunk)
-        return rev, out
+    def rows(self, table_name: str, **where: Any) -> list[dict[str, Any]]:
+        t = _table(table_name) if table_name in WRITABLE else audit_log
+        with self.engine.connect() as conn:
+            out = [dict(r) for r in conn.execute(select(t).where(_where(t, where))).mappings()]
+            conn.rollback()
+        return out
 
-    def snapshot(self, chunk_size: int = 1000) -> Iterator[tuple[int, list[str]]]:
-        """Every relationship at one revision, in chunks (at least one, maybe empty), all
-        read in one repeatable-read transaction."""
+    def snapshot(
+        self, tables: Iterable[str], chunk_size: int = 5000
+    ) -> Iterator[tuple[int, str, list[dict[str, Any]]]]:
+        """(revision, table, rows) chunks of every row of `tables`, all read in one
+        repeatable-read transaction together with the revision they are current at."""
         with self.engine.connect() as conn:
             if self.dialect == "postgresql":
                 conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 revision = int(conn.execute(select(sor_meta.c.revision)).scalar_one())
-                result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(
-                    select(*[relationships.c[k] for k in _TUPLE_COLS]).order_by(relationships.c.id)
-                )
-                sent = False
-                for part in result.partitions(chunk_size):
-                    sent = True
-                    yield revision, [str(row_tuple(r)) for r in part]
-                if not sent:
-                    yield revision, []
+                for name in tables:
+                    t = CAPTURED[name]
+                    result = conn.execution_options(
+                        stream_results=True, yield_per=chunk_size
+                    ).execute(select(t))
+                    for part in result.mappings().partitions(chunk_size):
+                        yield revision, name, [_image(t, dict(r)) for r in part]
+                yield revision, "", []
 
-    def changes_since(self, after: int, max_revisions: int = 500) -> list[Change]:
+    def changes_since(self, after: int, max_revisions: int = 500) -> list[Transaction]:
         """The transactions with revision in (after, after + max_revisions], oldest first.
+        Every revision in that range is present, with its changes or none.
 
         Reads the committed head first, then the rows up to it: every revision <= head
         committed before head did, so none is missing (see the module docstring)."""
@@ -244,16 +469,14 @@ class SystemOfRecord:
                 .where(change_log.c.revision > after, change_log.c.revision <= upto)
                 .order_by(change_log.c.revision, change_log.c.id)
             ).all()
-        out: list[Change] = []
-        cur: int | None = None
-        writes: list[str] = []
-        deletes: list[str] = []
+        by_rev: dict[int, list[RowChange]] = {r: [] for r in range(after + 1, upto + 1)}
         for r in rows:
-            if r.revision != cur:
-                if cur is not None:
-                    out.append(Change(cur, tuple(writes), tuple(deletes)))
-                cur, writes, deletes = int(r.revision), [], []
-            (writes if r.op == "write" else deletes).append(str(row_tuple(r)))
-        if cur is not None:
-            out.append(Change(cur, tuple(writes), tuple(deletes)))
-        return out
+            by_rev[int(r.revision)].append(
+                RowChange(
+                    r.table_name,
+                    r.op,
+                    None if r.old is None else json.loads(r.old),
+                    None if r.new is None else json.loads(r.new),
+                )
+            )
+        return [Transaction(rev, tuple(ch)) for rev, ch in by_rev.items()]

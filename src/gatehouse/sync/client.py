@@ -1,0 +1,239 @@
+"""The decision server's side of the feed: follow a sync worker into a `DecisionState`.
+
+Reconnects with jittered exponential backoff; a snapshot is applied only once its last chunk
+has arrived (all or nothing); each delta is applied atomically at the SoR revision it carries,
+so `at_least_revision` works with revisions returned by admin writes. The data is persisted
+to `data_dir` (temp file, fsync, rename, with a checksum) and a restart resumes from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from gatehouse.engine.state import DecisionState
+from gatehouse.graph.tuples import Delta
+from gatehouse.v1 import feed_pb2, feed_pb2_grpc
+
+log = logging.getLogger("gatehouse.feed")
+
+DATA_FILE = "data.snapshot"
+_MAGIC = "# gatehouse data snapshot v1"
+
+
+@dataclass
+class FollowerStats:
+    snapshots: int = 0
+    deltas: int = 0
+    rejected: int = 0
+    reconnects: int = 0
+
+
+def write_snapshot(path: str, revision: int, tuples: Iterable[str]) -> None:
+    """Write atomically: readers (and a crash) see the old file or the complete new one."""
+    h = hashlib.sha256()
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        head = f"{_MAGIC} revision={revision}\n"
+        f.write(head)
+        h.update(head.encode())
+        for t in tuples:
+            line = t + "\n"
+            f.write(line)
+            h.update(line.encode())
+        f.write(f"# sha256={h.hexdigest()}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_snapshot(path: str) -> tuple[int, list[str]] | None:
+    """(revision, tuples), or None when the file is missing, truncated or corrupt."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(lines) < 3 or lines[-1] != "" or not lines[0].startswith(_MAGIC + " revision="):
+        return None
+    h = hashlib.sha256()
+    for line in lines[:-2]:
+        h.update((line + "\n").encode())
+    if lines[-2] != f"# sha256={h.hexdigest()}":
+        return None
+    try:
+        revision = int(lines[0].rsplit("=", 1)[1])
+    except ValueError:
+        return None
+    return revision, lines[1:-2]
+
+
+class FeedFollower:
+    """Follow `target` (HOST:PORT of a sync worker) into `state` on a background thread."""
+
+    def __init__(
+        self,
+        state: DecisionState,
+        target: str,
+        *,
+        data_dir: str | None = None,
+        on_current: Callable[[], None] | None = None,
+        on_reject: Callable[[str], None] | None = None,
+        backoff_min: float = 0.1,
+        backoff_max: float = 5.0,
+        persist_every: float = 2.0,
+    ) -> None:
+        self.state = state
+        self.target = target
+        self.data_dir = data_dir
+        self.on_current = on_current or (lambda: None)
+        self.on_reject = on_reject or (lambda _reason: None)
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.persist_every = persist_every
+        self.stats = FollowerStats()
+        self._stop = threading.Event()
+        self._call: Any = None
+        self._threads: list[threading.Thread] = []
+        self._persisted = -1
+
+    @property
+    def path(self) -> str | None:
+        return os.path.join(self.data_dir, DATA_FILE) if self.data_dir else None
+
+    def restore(self) -> int | None:
+        """Load the persisted snapshot, if a valid one exists; returns its revision."""
+        path = self.path
+        if path is None:
+            return None
+        got = read_snapshot(path)
+        if got is None:
+            if os.path.exists(path):
+                log.error("ignoring corrupt data snapshot %s", path)
+            return None
+        revision, tuples = got
+        try:
+            self.state.load_data(tuples, revision)
+        except Exception as e:
+            log.error("ignoring data snapshot %s: %s", path, e)
+            return None
+        self._persisted = revision
+        log.info("restored %d tuples at revision %d from %s", len(tuples), revision, path)
+        return revision
+
+    def start(self) -> None:
+        if self.data_dir:
+            os.makedirs(self.data_dir, exist_ok=True)
+            self.restore()
+            t = threading.Thread(target=self._persist_loop, name="feed-persist", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._run, name="feed-follow", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        for t in self._threads:
+            t.join(timeout=5)
+        self.persist()
+
+    # ------------------------------------------------------------------------
+    def revision(self) -> int:
+        return self.state.store.current.revision if self.state.data_ready else 0
+
+    def persist(self) -> None:
+        if self.path is None or not self.state.data_ready:
+            return
+        snap = self.state.store.current  # immutable: safe to walk while deltas apply
+        if snap.revision == self._persisted:
+            return
+        write_snapshot(self.path, snap.revision, snap.tuples())
+        self._persisted = snap.revision
+
+    def _persist_loop(self) -> None:
+        while not self._stop.wait(self.persist_every):
+            try:
+                self.persist()
+            except OSError as e:
+                log.error("cannot persist the data snapshot: %s", e)
+
+    def _run(self) -> None:
+        backoff = self.backoff_min
+        while not self._stop.is_set():
+            try:
+                with grpc.insecure_channel(self.target) as channel:
+                    stub = feed_pb2_grpc.FeedServiceStub(channel)  # type: ignore[no-untyped-call]
+                    call = stub.Watch(feed_pb2.WatchRequest(from_revision=self.revision()))
+                    self._call = call
+                    for msg in call:
+                        self._handle(msg)
+                        backoff = self.backoff_min
+            except grpc.RpcError as err:
+                if self._stop.is_set():
+                    return
+                log.warning("feed %s: %s", self.target, err)
+            except _Rejected as e:
+                self.stats.rejected += 1
+                self.on_reject(str(e))
+                log.error("feed: %s; not applying it (retrying)", e)
+            self.stats.reconnects += 1
+            # Full jitter: many sidecars restarted together do not reconnect in lockstep.
+            self._stop.wait(random.uniform(0, backoff))
+            backoff = min(backoff * 2, self.backoff_max)
+
+    _chunks: list[str]
+    _chunk_rev = -1
+
+    def _handle(self, msg: feed_pb2.WatchResponse) -> None:
+        kind = msg.WhichOneof("kind")
+        if kind == "snapshot":
+            c = msg.snapshot
+            if c.revision != self._chunk_rev:
+                self._chunks, self._chunk_rev = [], c.revision
+            self._chunks.extend(c.tuples)
+            if c.last:
+                tuples, self._chunks, self._chunk_rev = self._chunks, [], -1
+                try:
+                    self.state.load_data(tuples, c.revision)
+                except Exception as e:
+                    raise _Rejected(f"snapshot at revision {c.revision}: {e}") from e
+                self.stats.snapshots += 1
+                self.on_current()
+        elif kind == "delta":
+            d = msg.delta
+            if d.revision <= self.revision():
+                return  # already applied (a resumed stream may repeat one)
+            try:
+                delta = Delta.of(d.writes, d.deletes)
+                self.state.apply_delta(delta, d.revision)
+            except Exception as e:
+                raise _Rejected(f"delta at revision {d.revision}: {e}") from e
+            self.stats.deltas += 1
+            self.on_current()
+        elif (
+            kind == "heartbeat"
+            and self.state.data_ready
+            and msg.heartbeat.revision <= self.revision()
+        ):
+            self.on_current()
+
+
+class _Rejected(Exception):
+    pass
