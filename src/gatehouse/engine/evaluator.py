@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gatehouse.graph.store import REL_BITS, REL_MASK, Snapshot, contains
+from gatehouse.graph.store import REL_BITS, REL_MASK, Interner, Snapshot, contains
 from gatehouse.graph.tuples import ObjectRef, SubjectRef
 from gatehouse.model.compiler import (
     ArrowPlan,
@@ -134,6 +136,7 @@ class Evaluator:
         self._calls: dict[int, Plan | None] = {}
         self._closure_keys = _closure_relations(schema)
         self._rid_plans: dict[int, tuple[Plan | None, bool]] = {}
+        self._prog: _Program | None = None
 
     # validation ----------------------------------------------------------------
     def _resolve(self, type_name: str, permission: str) -> Plan:
@@ -166,6 +169,41 @@ class Evaluator:
 
     # check -----------------------------------------------------------------------
     def check(
+        self, snap: Snapshot, subject: SubjectRef, permission: str, resource: ObjectRef
+    ) -> Decision:
+        it = snap.interner
+        prog = self._prog
+        if prog is None or prog.it is not it or prog.nrel != len(it.rel_names):
+            prog = self._program(it)
+        fn = prog.fns.get((resource.type, permission))
+        if fn is not None and subject.relation is None and subject.type in prog.types:
+            # Fast path: a compiled plan (unions, relations, closed usersets, acyclic arrows)
+            # for a plain subject. Falls back to the general walk when the data holds an edge
+            # the compiled plan does not cover.
+            oids = it.oids
+            oid = oids.get(f"{resource.type}:{resource.id}")
+            if oid is None:
+                return Decision(False, snap.revision, "no_path")
+            s = oids.get(f"{subject.type}:{subject.id}")
+            w = oids.get(f"{subject.type}:*")
+            fq = _FastQuery(
+                snap,
+                -1 if s is None else s << REL_BITS,
+                -1 if w is None else w << REL_BITS,
+                prog.closure_rids,
+                self.max_depth,
+            )
+            try:
+                reason = fn(fq, oid)
+            except _Fallback:
+                pass
+            else:
+                if reason is None:
+                    return Decision(False, snap.revision, "no_path")
+                return Decision(True, snap.revision, reason)
+        return self._check_general(snap, subject, permission, resource)
+
+    def _check_general(
         self, snap: Snapshot, subject: SubjectRef, permission: str, resource: ObjectRef
     ) -> Decision:
         plan = self._resolve(resource.type, permission)
@@ -308,26 +346,10 @@ class Evaluator:
         """
         if q.closure is not None:
             return q.closure
-        snap = q.snap
-        rids = self._closure_rids(snap)
-        keys: set[int] = set()
-        frontier = [k for k in (q.sk, q.wk) if k >= 0]
-        level = 0
-        while frontier and level < self.max_depth:
-            nxt: list[int] = []
-            for k in frontier:
-                base = k << REL_BITS
-                for r in rids:
-                    for p in snap.rev(base | r):
-                        uk = p << REL_BITS | r
-                        if uk not in keys:
-                            keys.add(uk)
-                            nxt.append(uk)
-            frontier = nxt
-            level += 1
-        q.truncated = bool(frontier)
-        q.closure = keys
-        return keys
+        q.closure, q.truncated = _closure_of(
+            q.snap, q.sk, q.wk, self._closure_rids(q.snap), self.max_depth
+        )
+        return q.closure
 
     def _closure_rids(self, snap: Snapshot) -> list[int]:
         rids = snap.interner.rids
@@ -336,6 +358,95 @@ class Evaluator:
     def _userset_plan(self, snap: Snapshot, rid: int) -> Plan | None:
         tname, _, rel = snap.interner.rel_names[rid].partition("#")
         return self.schema.plan(tname, rel)
+
+    # compiled fast path ------------------------------------------------------------
+    def _program(self, it: Interner) -> _Program:
+        """Compile every plan the fast path covers against the interner's current ids.
+
+        Relation ids are resolved once here, so a compiled check does no string work and no
+        dispatch on plan node types. Recompiled when the interner gains a relation key.
+        """
+        nrel = len(it.rel_names)
+        prog = _Program(it, nrel, frozenset(self.schema.types))
+        closure_keys = self._closure_keys
+        for r in range(1, nrel):
+            key = it.rel_names[r]
+            tname, _, rel = key.partition("#")
+            if key in closure_keys:
+                prog.closed_rids.add(r)
+                prog.closure_rids.append(r)
+            elif self.schema.plan(tname, rel) is not None:
+                prog.other_rids.add(r)
+        # Compile targets first: a plan whose compilation fails falls back to the walk.
+        for tname in sorted(self.schema.types):
+            for name in self.schema.members(tname):
+                prog.fns[(tname, name)] = self._compile_member(prog, tname, name, set())
+        self._prog = prog
+        return prog
+
+    def _compile_member(
+        self, prog: _Program, tname: str, name: str, active: set[tuple[str, str]]
+    ) -> _Node | None:
+        key = (tname, name)
+        if key in prog.compiled:
+            return prog.compiled[key]
+        if key in active:
+            return None  # recursion through arrows: data may cycle, use the general walk
+        plan = self.schema.plan(tname, name)
+        if plan is None:
+            return None
+        active.add(key)
+        try:
+            node = self._compile(prog, plan, active)
+        finally:
+            active.discard(key)
+        if node is not None:
+            depth = prog.depth_of(node)
+            if depth >= self.max_depth:
+                node = None  # the general walk reports DepthExceeded for this shape
+        prog.compiled[key] = node
+        return node
+
+    def _compile(self, prog: _Program, plan: Plan, active: set[tuple[str, str]]) -> _Node | None:
+        it = prog.it
+        kind = type(plan)
+        if kind is RelPlan:
+            assert isinstance(plan, RelPlan)
+            return _rel_node(prog, it.rids.get(plan.key), plan.key)
+        if kind is UnionPlan:
+            assert isinstance(plan, UnionPlan)
+            kids: list[_Node] = []
+            for c in plan.children:
+                k = self._compile(prog, c, active)
+                if k is None:
+                    return None
+                kids.append(k)
+            return _union_node(prog, kids)
+        if kind is CallPlan:
+            assert isinstance(plan, CallPlan)
+            target = self._call(plan)
+            if target is None:
+                return _nil_node(prog)
+            return self._compile_member(prog, plan.type, plan.name, active)
+        if kind is ArrowPlan:
+            assert isinstance(plan, ArrowPlan)
+            rid = it.rids.get(plan.key)
+            if rid is None:
+                return _nil_node(prog)
+            targets: dict[int, _Node] = {}
+            skip: set[int] = set()
+            depth = 0
+            for tid, tname in enumerate(list(it.type_names)):
+                if self.schema.plan(tname, plan.computed) is None:
+                    skip.add(tid)  # no such member there: the walk skips the edge
+                    continue
+                node = self._compile_member(prog, tname, plan.computed, active)
+                if node is None:
+                    return None
+                targets[tid] = node
+                depth = max(depth, prog.depth_of(node))
+            return _arrow_node(prog, rid, plan.tupleset, targets, frozenset(skip), depth + 1)
+        return None  # intersections, exclusions and nil plans take the general walk
 
     # list-allowed ----------------------------------------------------------------
     def list_allowed(
@@ -676,3 +787,204 @@ def _closure_relations(schema: CompiledSchema) -> frozenset[str]:
                     changed = True
                     break
     return frozenset(f"{t}#{r}" for t, r in ok)
+
+
+# Compiled fast path ------------------------------------------------------------------
+
+
+class _Fallback(Exception):
+    """The data holds an edge the compiled plan does not cover: use the general walk."""
+
+
+_Node = Callable[["_FastQuery", int], str | None]
+
+
+class _FastQuery:
+    """Per-check state of the compiled path: index readers, subject keys, lazy closure."""
+
+    __slots__ = ("closure", "fus", "fwd", "max_depth", "rev", "rids", "sk", "truncated", "wk")
+
+    def __init__(self, snap: Snapshot, sk: int, wk: int, rids: list[int], max_depth: int) -> None:
+        self.fwd = snap.fwd
+        self.fus = snap.fus
+        self.rev = snap.rev
+        self.sk = sk
+        self.wk = wk
+        self.rids = rids
+        self.max_depth = max_depth
+        self.closure: set[int] | None = None
+        self.truncated = False
+
+    def members(self) -> set[int]:
+        c = self.closure
+        if c is None:
+            c, self.truncated = _closure_of_rev(
+                self.rev, self.sk, self.wk, self.rids, self.max_depth
+            )
+            self.closure = c
+        return c
+
+
+class _Program:
+    """Compiled nodes for one interner at one size of its relation table."""
+
+    def __init__(self, it: Interner, nrel: int, types: frozenset[str]) -> None:
+        self.it = it
+        self.nrel = nrel
+        self.types = types
+        self.fns: dict[tuple[str, str], _Node | None] = {}
+        self.compiled: dict[tuple[str, str], _Node | None] = {}
+        self.closed_rids: set[int] = set()
+        self.other_rids: set[int] = set()
+        self.closure_rids: list[int] = []
+        self.depths: dict[int, int] = {}  # id(node) -> arrow hops below it
+
+    def depth_of(self, node: _Node) -> int:
+        return self.depths.get(id(node), 0)
+
+    def keep(self, node: _Node, depth: int) -> _Node:
+        self.depths[id(node)] = depth
+        return node
+
+
+def _nil_node(prog: _Program) -> _Node:
+    def nil(q: _FastQuery, oid: int) -> str | None:
+        return None
+
+    return prog.keep(nil, 0)
+
+
+def _rel_node(prog: _Program, rid: int | None, key: str) -> _Node:
+    if rid is None:
+        return _nil_node(prog)
+    it = prog.it
+    direct = f"direct {key}"
+    wildcard = f"wildcard {key}"
+    closed = prog.closed_rids
+    other = prog.other_rids
+
+    def rel(q: _FastQuery, oid: int) -> str | None:
+        fk = oid << REL_BITS | rid
+        arr = q.fwd(fk)
+        if arr:
+            n = len(arr)
+            sk = q.sk
+            i = bisect_left(arr, sk)
+            if i < n and arr[i] == sk:
+                return direct
+            wk = q.wk
+            if wk >= 0:
+                i = bisect_left(arr, wk)
+                if i < n and arr[i] == wk:
+                    return wildcard
+        us = q.fus(fk)
+        if us:
+            members = q.members()
+            for uk in us:
+                if uk in members:
+                    return f"through {it.subject_str(uk)}"
+                r = uk & REL_MASK
+                if r in closed:
+                    if q.truncated:
+                        raise DepthExceeded(f"graph nested deeper than {q.max_depth} levels")
+                elif r in other:
+                    raise _Fallback
+        return None
+
+    return prog.keep(rel, 0)
+
+
+def _union_node(prog: _Program, kids: list[_Node]) -> _Node:
+    depth = max((prog.depth_of(k) for k in kids), default=0)
+    if len(kids) == 1:
+        return kids[0]
+    if len(kids) == 2:
+        a, b = kids
+
+        def union2(q: _FastQuery, oid: int) -> str | None:
+            r = a(q, oid)
+            return r if r is not None else b(q, oid)
+
+        return prog.keep(union2, depth)
+    if len(kids) == 3:
+        a, b, c = kids
+
+        def union3(q: _FastQuery, oid: int) -> str | None:
+            r = a(q, oid)
+            if r is not None:
+                return r
+            r = b(q, oid)
+            return r if r is not None else c(q, oid)
+
+        return prog.keep(union3, depth)
+    kt = tuple(kids)
+
+    def union(q: _FastQuery, oid: int) -> str | None:
+        for k in kt:
+            r = k(q, oid)
+            if r is not None:
+                return r
+        return None
+
+    return prog.keep(union, depth)
+
+
+def _arrow_node(
+    prog: _Program,
+    rid: int,
+    tupleset: str,
+    targets: dict[int, _Node],
+    skip: frozenset[int],
+    depth: int,
+) -> _Node:
+    it = prog.it
+    obj_type = it.obj_type
+    names = it.names
+
+    def arrow(q: _FastQuery, oid: int) -> str | None:
+        for tk in q.fwd(oid << REL_BITS | rid):
+            toid = tk >> REL_BITS
+            tid = obj_type[toid]
+            f = targets.get(tid)
+            if f is None:
+                if tid in skip:
+                    continue
+                raise _Fallback  # a type interned after compilation
+            r = f(q, toid)
+            if r is not None:
+                return f"{tupleset}->{names[toid]} > {r}"
+        return None
+
+    return prog.keep(arrow, depth)
+
+
+def _closure_of(
+    snap: Snapshot, sk: int, wk: int, rids: list[int], max_depth: int
+) -> tuple[set[int], bool]:
+    return _closure_of_rev(snap.rev, sk, wk, rids, max_depth)
+
+
+def _closure_of_rev(
+    rev: Callable[[int], Sequence[int]], sk: int, wk: int, rids: list[int], max_depth: int
+) -> tuple[set[int], bool]:
+    """Every userset key the subject (`sk`, wildcard `wk`) belongs to through `rids`.
+
+    Breadth-first over the reverse index, so cycles end; a chain longer than `max_depth`
+    returns truncated=True (a miss is then a depth error, not a deny).
+    """
+    keys: set[int] = set()
+    frontier = [k for k in (sk, wk) if k >= 0]
+    level = 0
+    while frontier and level < max_depth:
+        nxt: list[int] = []
+        for k in frontier:
+            base = k << REL_BITS
+            for r in rids:
+                for p in rev(base | r):
+                    uk = p << REL_BITS | r
+                    if uk not in keys:
+                        keys.add(uk)
+                        nxt.append(uk)
+        frontier = nxt
+        level += 1
+    return keys, bool(frontier)
