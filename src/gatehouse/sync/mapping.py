@@ -23,6 +23,7 @@ yields a malformed tuple is a `MappingError` (the worker skips and counts it).
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Iterable, Mapping
@@ -43,7 +44,8 @@ _FMT = string.Formatter()
 _ID_RE = r"[A-Za-z0-9@._\-/|+*]*"
 
 
-def _fields(template: str) -> list[str]:
+@functools.lru_cache(maxsize=1024)
+def _fields(template: str) -> tuple[str, ...]:
     out = []
     for _lit, name, spec, conv in _FMT.parse(template):
         if name is None:
@@ -51,7 +53,7 @@ def _fields(template: str) -> list[str]:
         if spec or conv or not name.isidentifier():
             raise MappingError(f"template {template!r}: only plain {{column}} fields are allowed")
         out.append(name)
-    return out
+    return tuple(out)
 
 
 @dataclass(frozen=True)
