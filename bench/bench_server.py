@@ -230,7 +230,7 @@ def run_size(n: int, a: argparse.Namespace, h2load: str | None) -> dict[str, Any
         cmd = [
             "taskset", "-c", SERVER_CORE, gatehouse, "serve",
             "--schema", str(schema), "--tuples", str(tuples),
-            "--listen", addr, "--workers", str(a.workers), "--grace", "1",
+            "--listen", addr, "--threads", str(a.threads), "--grace", "1",
         ]  # fmt: skip
         log = open(tmp / "server.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -315,7 +315,7 @@ def table(results: list[dict[str, Any]], a: argparse.Namespace, tool: str, loads
         f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
         f"**shared with other processes** (1-min load average {loads}), so absolute numbers "
         "are noisy: compare the ratios, which are measured on the same server in one run. "
-        f"Server `gatehouse serve --workers {a.workers}` pinned to core {SERVER_CORE}; load "
+        f"Server `gatehouse serve --threads {a.threads}` pinned to core {SERVER_CORE}; load "
         f"from {tool} pinned to core {LOAD_CORE}, 1 connection, {INFLIGHT} streams in "
         f"flight, {a.duration:g} s per measurement after 1 s warm-up. Ping is measured before "
         "and after the checks; the ratio uses their mean. ListAllowed: Python client, "
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the markdown table here")
     p.add_argument("--duration", type=float, default=None, help="seconds per h2load run (10)")
     p.add_argument("--lists", type=int, default=None, help="timed ListAllowed calls (100)")
-    p.add_argument("--workers", type=int, default=16, help="server RPC worker threads")
+    p.add_argument("--threads", type=int, default=16, help="server RPC threads")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--quick", action="store_true", help="10^5 tuples, 3 s runs, 30 lists")
