@@ -1,4 +1,5 @@
-"""`gatehouse demo` starts a real server process on each seed bundle and answers."""
+"""`gatehouse demo` runs a SQLite system of record, a sync worker process and a decision
+server process on each seed bundle, and answers through them."""
 
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ def test_demo_serves_every_scenario(scenario: str, tmp_path: pathlib.Path) -> No
         line.split()[0] for line in out.stdout.splitlines() if line.startswith(("allow", "deny"))
     ]
     assert len(answers) >= 3, out.stdout
+    assert "sqlite:///" in out.stdout and "(sync worker)" in out.stdout
+    assert (tmp_path / "sor.db").exists()
+    # The server persisted what it followed (at shutdown at the latest).
+    assert (tmp_path / "server-data" / "data.snapshot").exists()
 
 
 def test_demo_unknown_scenario_fails_clearly() -> None:

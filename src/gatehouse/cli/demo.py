@@ -1,14 +1,14 @@
-"""`gatehouse demo`: start a decision server on a seed scenario and print commands to try.
+"""`gatehouse demo`: the whole topology on one machine, on a seed scenario.
 
-Today the demo serves the scenario bundle (its assertions run before activation) with the
-bundle's fixture as data, in a real `gatehouse serve` process; the SQLite system of record
-and sync worker join it once they exist (issue 5), without changing what the demo prints.
+A SQLite system of record holding the scenario's fixture as domain rows, a `gatehouse sync`
+worker process mapping it to tuples, and a `gatehouse serve` process following the worker and
+enforcing the scenario's bundle (its assertions run before activation). It prints the
+addresses and commands to try, and stops both processes on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import shlex
 import signal
@@ -23,11 +23,17 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gatehouse.sor.fixtures import load_fixture
+from gatehouse.sor.store import SystemOfRecord
+from gatehouse.sync.mapping import load_mapping
+
 DEFAULT_BUNDLES = pathlib.Path(__file__).resolve().parents[3] / "bundles"
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("demo", help="run a decision server on a seed scenario")
+    p = subparsers.add_parser(
+        "demo", help="run the SoR, sync worker and decision server on a seed scenario"
+    )
     p.add_argument("--scenario", default="ontra", help="bundle name under bundles/ (%(default)s)")
     p.add_argument("--port", type=int, default=0, help="gRPC port (default: a free one)")
     p.add_argument("--metrics-port", type=int, default=0, help="metrics port (default: free)")
@@ -87,6 +93,35 @@ def _examples(bundle: pathlib.Path, addr: str) -> list[list[str]]:
     return cmds
 
 
+def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "gatehouse.cli.main", *args])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def prepare_sor(url: str, bundle: pathlib.Path) -> int:
+    """Create the SQLite system of record and load the scenario's fixture as domain rows
+    (once: a data dir that already holds them is reused). Returns the SoR revision."""
+    sor = SystemOfRecord(url)
+    try:
+        sor.create_schema()
+        if sor.revision() == 0:
+            fixture = yaml.safe_load((bundle / "fixture.yaml").read_text(encoding="utf-8"))
+            mapping = load_mapping(str(bundle / "mapping.yaml"))
+            load_fixture(sor, mapping, fixture.get("relationships") or [])
+        return sor.revision()
+    finally:
+        sor.close()
+
+
 def run(args: argparse.Namespace) -> int:
     bundle = pathlib.Path(args.bundles) / args.scenario
     if not (bundle / "schema.zed").exists():
@@ -97,27 +132,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     work = pathlib.Path(args.data_dir or tempfile.mkdtemp(prefix="gatehouse-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    fixture = yaml.safe_load((bundle / "fixture.yaml").read_text(encoding="utf-8"))
-    tuples = work / "tuples.txt"
-    tuples.write_text("\n".join(fixture.get("relationships") or []) + "\n", encoding="utf-8")
+    db_url = f"sqlite:///{(work / 'sor.db').resolve()}"
+    try:
+        revision = prepare_sor(db_url, bundle)
+    except Exception as e:
+        print(f"gatehouse: demo failed: cannot prepare the system of record: {e}", file=sys.stderr)
+        return 1
     port = args.port or free_port()
     mport = args.metrics_port or free_port()
+    feed_port, feed_mport = free_port(), free_port()
     addr = f"127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "gatehouse.cli.main",
-        "serve",
-        "--bundle",
-        str(bundle),
-        "--tuples",
-        str(tuples),
-        "--listen",
-        addr,
-        "--metrics-port",
-        str(mport),
-    ]
-    proc = subprocess.Popen(cmd)
+    feed = f"127.0.0.1:{feed_port}"
+    procs: list[subprocess.Popen[bytes]] = []
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -127,41 +153,73 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        _wait_serving(addr, proc, timeout=60)
+        # The real topology: the sync worker and the decision server are separate processes.
+        procs.append(
+            _spawn(
+                [
+                    "sync",
+                    "--db",
+                    db_url,
+                    "--bundle",
+                    str(bundle),
+                    "--listen",
+                    feed,
+                    "--metrics-port",
+                    str(feed_mport),
+                    "--poll",
+                    "0.2",
+                ]
+            )
+        )
+        _wait_serving(feed, procs[0], timeout=60)
+        procs.append(
+            _spawn(
+                [
+                    "serve",
+                    "--bundle",
+                    str(bundle),
+                    "--feed",
+                    feed,
+                    "--data-dir",
+                    str(work / "server-data"),
+                    "--listen",
+                    addr,
+                    "--metrics-port",
+                    str(mport),
+                ]
+            )
+        )
+        _wait_serving(addr, procs[1], timeout=60)
         examples = _examples(bundle, addr)
-        print(f"gatehouse demo: scenario {args.scenario} is SERVING")
+        print(f"gatehouse demo: scenario {args.scenario} is SERVING (data revision {revision})")
         print(f"  gRPC address : {addr}")
-        print(f"  metrics      : http://127.0.0.1:{mport}/metrics")
+        print(f"  metrics      : http://127.0.0.1:{mport}/metrics (server)")
+        print(f"                 http://127.0.0.1:{feed_mport}/metrics (sync worker)")
+        print(f"  database     : {db_url}")
+        print(f"                 gatehouse admin --db {db_url} --bundle {bundle} --help")
         print(f"  data dir     : {work}")
         print("  try:")
         for c in examples:
             print("    " + shlex.join(c))
         sys.stdout.flush()
         if args.once:
-            env = dict(os.environ)
             for c in examples:
                 out = subprocess.run(
                     [sys.executable, "-m", "gatehouse.cli.main", *c[1:]],
                     capture_output=True,
                     text=True,
-                    env=env,
                 )
                 print(f"$ {shlex.join(c)}\n{out.stdout}{out.stderr}", end="")
                 if out.returncode != 0:
                     return 1
             return 0
         print("  Ctrl-C stops the demo and every process it started.")
-        while not stop and proc.poll() is None:
+        while not stop and all(p.poll() is None for p in procs):
             time.sleep(0.2)
         return 0 if stop else 1
     except RuntimeError as e:
         print(f"gatehouse: demo failed: {e}", file=sys.stderr)
         return 1
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for p in reversed(procs):
+            _stop(p)
