@@ -152,6 +152,22 @@ def test_failing_assertions_rejected_even_when_signed(
     assert state.policy is None
 
 
+def test_same_rejected_bundle_is_reported_once(served: tuple[Source, str]) -> None:
+    src, url = served
+    seen: list[tuple[str, str, int]] = []
+    state = DecisionState()
+    poller = BundlePoller(url, state, VERIFIER, on_reject=lambda *a: seen.append(a))
+    assert poller.poll_once().status == "activated"
+    src.data = _signed(2, {"data/extra.yaml": b"x: 1\n"})
+    first, again = poller.poll_once(), poller.poll_once()
+    assert first.status == again.status == "rejected" and again.detail == first.detail
+    assert len(seen) == 1
+    src.data = archive(read_directory(ROOT / "bundles" / "ontra"))  # a different bad bundle
+    assert poller.poll_once().category == "signature"
+    assert [s[0] for s in seen] == ["digest", "signature"]
+    assert state.policy is not None and state.policy.revision == 1
+
+
 def test_on_current_called_for_activation_and_not_modified(served: tuple[Source, str]) -> None:
     _, url = served
     calls: list[int] = []

@@ -97,9 +97,10 @@ def _peek_revision(files: dict[str, bytes]) -> int:
 class BundlePoller:
     """Fetch, verify, test and activate bundles from a URL.
 
-    `on_reject(category, detail, revision)` is called for every rejected bundle and failed
-    fetch; `on_current()` whenever the active policy is confirmed current (a bundle was
-    activated, or the source answered `304 Not Modified`).
+    `on_reject(category, detail, revision)` is called once for every rejected bundle (the
+    same bytes offered again are not re-verified) and for every failed fetch; `on_current()`
+    whenever the active policy is confirmed current (a bundle was activated, or the source
+    answered `304 Not Modified`).
     """
 
     def __init__(
@@ -120,6 +121,9 @@ class BundlePoller:
         self.limits = limits or Limits()
         self.timeout = timeout
         self.etag: str | None = None
+        # The ETag and result of the last rejected bundle: the same bytes are not verified,
+        # logged or counted again on every poll (`on_reject` is called once per bundle).
+        self._rejected: tuple[str, PollResult] | None = None
         self.on_reject = on_reject
         self.on_current = on_current
 
@@ -158,9 +162,14 @@ class BundlePoller:
             return self._fail("error", "download", f"HTTP {e.code} from {self.url}")
         except (urllib.error.URLError, OSError) as e:
             return self._fail("error", "download", f"{self.url}: {e}")
+        if tag and self._rejected is not None and self._rejected[0] == tag:
+            return self._rejected[1]
         result = self._install(data, persist=True)
         if result.status == "activated":
             self.etag = tag
+            self._rejected = None
+        elif result.status == "rejected" and tag:
+            self._rejected = (tag, result)
         return result
 
     def _install(self, data: bytes, persist: bool) -> PollResult:
