@@ -261,3 +261,34 @@ def test_a_corrupt_persisted_snapshot_is_ignored(tmp_path: Path) -> None:
     assert read_snapshot(path) is None
     f = FeedFollower(DecisionState(), "127.0.0.1:1", data_dir=str(tmp_path))
     assert f.restore() is None and not f.state.data_ready
+
+
+def test_worker_metrics_are_served(sor: SystemOfRecord, worker: SyncWorker) -> None:
+    import urllib.request
+
+    h = serve_feed(worker, "127.0.0.1:0", metrics_port=0)
+    f = follower(h)
+    try:
+        r = grant(sor, "user:ann", "viewer", "d1")
+        tuples_at(f, r)
+        assert h.metrics_port is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{h.metrics_port}/metrics") as resp:
+            body = resp.read().decode()
+        values = {
+            line.split()[0]: float(line.split()[1])
+            for line in body.splitlines()
+            if line.startswith("gatehouse_sync_")
+        }
+        assert values["gatehouse_sync_connected_sidecars"] == 1
+        assert values["gatehouse_sync_revision"] == r
+        assert (
+            values["gatehouse_sync_deltas_sent_total"]
+            + values["gatehouse_sync_snapshots_sent_total"]
+            >= 1
+        )
+        for name in ("gatehouse_sync_lag_seconds", "gatehouse_sync_reconcile_repairs_total"):
+            assert name in values
+        assert "subject" not in body and "ann" not in body  # no ids in labels
+    finally:
+        f.stop()
+        h.stop(0.5)

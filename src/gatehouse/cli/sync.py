@@ -31,7 +31,12 @@ def register(subparsers: Any) -> None:
         "--bundle", help="bundle directory: its mapping.yaml, and its schema to validate tuples"
     )
     p.add_argument("--db-schema", default=None, help="PostgreSQL schema holding the tables")
-    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port on 127.0.0.1")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port")
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics binds (%(default)s; 0.0.0.0 in a pod so Prometheus can scrape)",
+    )
     p.add_argument("--poll", type=float, default=0.5, help="poll interval in seconds")
     p.add_argument(
         "--reconcile-interval",
@@ -73,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             retain=args.retain,
         )
         worker.start()
-        handle = serve_feed(worker, args.listen, args.metrics_port)
+        handle = serve_feed(worker, args.listen, args.metrics_port, metrics_host=args.metrics_host)
     except Exception as e:
         print(f"gatehouse sync: {e}", file=sys.stderr)
         return 1
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     host = args.listen.rpartition(":")[0]
     msg = f"gatehouse sync: feed on {host}:{handle.port}"
     if handle.metrics_port is not None:
-        msg += f", metrics on 127.0.0.1:{handle.metrics_port}"
+        msg += f", metrics on {args.metrics_host}:{handle.metrics_port}"
     print(msg, file=sys.stderr, flush=True)
     while not stop.wait(1.0):
         pass

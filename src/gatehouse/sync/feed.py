@@ -108,6 +108,7 @@ def serve_feed(
     listen: str = "127.0.0.1:50052",
     metrics_port: int | None = None,
     max_streams: int = 256,
+    metrics_host: str = "127.0.0.1",
 ) -> FeedHandle:
     """Start the feed server (and metrics on 127.0.0.1:metrics_port, 0 = any free port)."""
     server = grpc.server(
@@ -136,7 +137,7 @@ def serve_feed(
     mport = None
     if metrics_port is not None:
         http, _t = start_http_server(
-            metrics_port, addr="127.0.0.1", registry=worker.metrics.registry
+            metrics_port, addr=metrics_host, registry=worker.metrics.registry
         )
         mport = int(http.server_port)
     return FeedHandle(server, port, mport, hs, http)

@@ -9,7 +9,8 @@
   args:
     - serve
     - --bundle={{ .Values.bundleUrl }}
-    - --tuples=/etc/gatehouse/tuples.txt
+    - --feed={{ .Release.Name }}-sync:{{ .Values.sync.port }}
+    - --data-dir=/var/lib/gatehouse/data
     - --state-dir=/var/lib/gatehouse
     - --listen=$(POD_IP):{{ .Values.grpcPort }}
     - --unix=/run/gatehouse/gatehouse.sock
