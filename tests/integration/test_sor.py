@@ -4,6 +4,8 @@ that never skips a late commit, migrations, and fixtures that round-trip through
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -232,3 +234,36 @@ def test_change_log_images_are_json(sor: SystemOfRecord) -> None:
     (ch,) = txn.changes
     assert ch.new is not None and ch.new["super_admin"] is True
     json.dumps(ch.new)
+
+
+def _gh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gatehouse.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def test_sor_cli_migrates_and_loads_a_fixture(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    r = _gh("sor", "migrate", "--db", url)
+    assert r.returncode == 0, r.stderr
+    r = _gh("sor", "load-fixture", "--db", url, str(ROOT / "bundles" / "ontra"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "loaded at revision 1"
+    sor = SystemOfRecord(url)
+    assert {x["id"] for x in sor.rows("resources")} == {
+        "fund_i",
+        "fund_ii",
+        "fund_iii",
+        "task_7",
+        "task_8",
+    }
+    sor.close()
+    # Loading it twice would duplicate keys: refused, nothing changes.
+    r = _gh("sor", "load-fixture", "--db", url, str(ROOT / "bundles" / "ontra"))
+    assert r.returncode == 1 and "already exists" in r.stderr
+    r = _gh("sor", "load-fixture", "--db", url, str(tmp_path / "no-such-bundle"))
+    assert r.returncode == 1 and "no-such-bundle" in r.stderr
