@@ -11,6 +11,7 @@ import yaml
 from gatehouse.sor.fixtures import load_fixture
 from gatehouse.sor.migrate import upgrade
 from gatehouse.sor.store import SystemOfRecord
+from gatehouse.sor.triggers import install_capture
 from gatehouse.sync.mapping import load_mapping
 
 
@@ -26,6 +27,27 @@ def register(subparsers: Any) -> None:
     f.add_argument("--db", required=True, help="SQLAlchemy URL")
     f.add_argument("bundle", help="bundle directory (fixture.yaml and mapping.yaml)")
     f.set_defaults(handler=run_load)
+    c = sub.add_parser(
+        "capture",
+        help="PostgreSQL: install change-capture triggers on tables written outside the API",
+    )
+    c.add_argument("--db", required=True, help="SQLAlchemy URL (PostgreSQL)")
+    c.add_argument("--db-schema", default=None, help="PostgreSQL schema holding the tables")
+    c.add_argument("tables", nargs="+", help="tables to capture")
+    c.set_defaults(handler=run_capture)
+
+
+def run_capture(args: argparse.Namespace) -> int:
+    sor = SystemOfRecord(args.db, db_schema=args.db_schema)
+    try:
+        done = install_capture(sor, args.tables)
+    except Exception as e:
+        print(f"gatehouse sor capture: {e}", file=sys.stderr)
+        return 1
+    finally:
+        sor.close()
+    print(f"capturing {', '.join(done)}")
+    return 0
 
 
 def run_migrate(args: argparse.Namespace) -> int:

@@ -49,14 +49,18 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def _mapping(args: argparse.Namespace) -> tuple[TupleMapping, CompiledSchema | None]:
+def _mapping(
+    args: argparse.Namespace, sor: SystemOfRecord
+) -> tuple[TupleMapping, CompiledSchema | None]:
+    # Tables are checked against the database itself, so a company's own tables work too.
     if args.mapping:
-        return load_mapping(args.mapping), None
+        return load_mapping(args.mapping, sor.columns), None
     bundle = load_bundle(args.bundle)
     text = bundle.files.get("mapping.yaml")
     if text is None:
         raise ValueError(f"{args.bundle} has no mapping.yaml")
-    return parse_mapping(text.decode("utf-8"), f"{args.bundle}/mapping.yaml"), bundle.schema
+    source = f"{args.bundle}/mapping.yaml"
+    return parse_mapping(text.decode("utf-8"), source, sor.columns), bundle.schema
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        mapping, schema = _mapping(args)
         sor = SystemOfRecord(args.db, db_schema=args.db_schema)
         if args.create_schema:
             sor.create_schema()
+        mapping, schema = _mapping(args, sor)
         worker = SyncWorker(
             sor,
             mapping,

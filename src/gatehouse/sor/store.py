@@ -27,6 +27,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    MetaData,
     String,
     Table,
     and_,
@@ -37,6 +38,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import NoSuchTableError
 
 from gatehouse.graph.tuples import Delta, Tuple
 from gatehouse.sor.tables import (
@@ -325,9 +327,34 @@ class SystemOfRecord:
         )
         self.dialect = base.dialect.name
         self.db_schema = db_schema
+        self._reflected: dict[str, Table] = {}
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def table(self, name: str) -> Table:
+        """A reference table, or (for a company's own tables) one reflected from the
+        database. Raises RowError for a table that does not exist."""
+        t = CAPTURED.get(name)
+        if t is not None:
+            return t
+        cached = self._reflected.get(name)
+        if cached is not None:
+            return cached
+        try:
+            with self.engine.connect() as conn:
+                t = Table(name, MetaData(), schema=self.db_schema, autoload_with=conn)
+        except NoSuchTableError:
+            raise RowError(f"no table {name!r} in the database") from None
+        self._reflected[name] = t
+        return t
+
+    def columns(self, name: str) -> list[str] | None:
+        """Column names of a table, or None if it does not exist (for mapping checks)."""
+        try:
+            return list(self.table(name).columns.keys())
+        except RowError:
+            return None
 
     # schema -------------------------------------------------------------------
     def create_schema(self) -> None:
@@ -352,6 +379,9 @@ class SystemOfRecord:
         with self.engine.connect() as conn:
             conn.execution_options(**{_WRITE_OPTION: True})
             with conn.begin() as txn:
+                if self.dialect == "postgresql":
+                    # Capture triggers (sor/triggers.py) skip rows this API logs itself.
+                    conn.exec_driver_sql("SELECT set_config('gatehouse.origin', 'api', true)")
                 revision = int(
                     conn.execute(
                         update(sor_meta)
@@ -445,7 +475,7 @@ class SystemOfRecord:
             with conn.begin():
                 revision = int(conn.execute(select(sor_meta.c.revision)).scalar_one())
                 for name in tables:
-                    t = CAPTURED[name]
+                    t = self.table(name)
                     result = conn.execution_options(
                         stream_results=True, yield_per=chunk_size
                     ).execute(select(t))

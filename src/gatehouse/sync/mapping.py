@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
@@ -191,9 +191,21 @@ class TupleMapping:
         return {name: list(by_key.values()) for name, by_key in rows.items()}, left
 
 
-def parse_mapping(text: str, source: str = "mapping") -> TupleMapping:
+def reference_columns(table: str) -> Collection[str] | None:
+    """Columns of a table of the reference system of record (None: no such table)."""
     from gatehouse.sor.tables import CAPTURED
 
+    t = CAPTURED.get(table)
+    return None if t is None else list(t.columns.keys())
+
+
+def parse_mapping(
+    text: str,
+    source: str = "mapping",
+    columns: Callable[[str], Collection[str] | None] = reference_columns,
+) -> TupleMapping:
+    """Parse and validate a mapping; `columns` names the columns of a table (by default the
+    reference SoR's; the worker passes the database's own, so any tables can be mapped)."""
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -205,10 +217,10 @@ def parse_mapping(text: str, source: str = "mapping") -> TupleMapping:
         raise MappingError(f"{source}: tables must be a mapping of table -> rules")
     rules: dict[str, list[Rule]] = {}
     for tname, trules in tables.items():
-        table = CAPTURED.get(tname)
-        if table is None:
+        found = columns(str(tname))
+        if found is None:
             raise MappingError(f"{source}: unknown table {tname!r}")
-        cols = set(table.columns.keys())
+        cols = set(found)
         if not isinstance(trules, list):
             raise MappingError(f"{source}: {tname}: rules must be a list")
         for i, r in enumerate(trules):
@@ -250,6 +262,8 @@ def parse_mapping(text: str, source: str = "mapping") -> TupleMapping:
     return TupleMapping(rules)
 
 
-def load_mapping(path: str) -> TupleMapping:
+def load_mapping(
+    path: str, columns: Callable[[str], Collection[str] | None] = reference_columns
+) -> TupleMapping:
     with open(path, encoding="utf-8") as f:
-        return parse_mapping(f.read(), path)
+        return parse_mapping(f.read(), path, columns)
