@@ -52,17 +52,12 @@ def rss_bytes() -> int:
 
 
 def retained_bytes(st: GraphStore) -> int:
-    """sys.getsizeof of the index dicts, their int keys and arrays, and the interner tables.
+    """sys.getsizeof of the packed index arrays, the overlay and the interner tables.
 
-    RSS growth also counts memory freed during load (parsed tuples, the dedup set) that the
-    allocator keeps; this is what the loaded graph itself holds on to.
+    RSS growth also counts memory freed during load (parsed tuples, the build lists) that
+    the allocator keeps; this is what the loaded graph itself holds on to.
     """
-    snap = st.current
-    total = 0
-    for layer in (snap._base, snap._ov):
-        for d in (layer.fwd, layer.fus, layer.rev):
-            total += sys.getsizeof(d)
-            total += sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in d.items())
+    total = st.current.nbytes()
     it = st.interner
     total += sys.getsizeof(it.names) + sys.getsizeof(it.oids) + sys.getsizeof(it.obj_type)
     total += sum(sys.getsizeof(n) for n in it.names)
@@ -213,12 +208,12 @@ def run_size(target: int, args: argparse.Namespace) -> dict[str, float]:
     compacted: list[bool] = []
     compactions = 0
     for d in deltas:
-        base = st.current._base
+        base = st.current.f_dat
         t0 = time.perf_counter_ns()
         st.apply(d)
         t1 = time.perf_counter_ns()
         windows.append((t0, t1))
-        compacted.append(st.current._base is not base)
+        compacted.append(st.current.f_dat is not base)
         compactions += compacted[-1]
         time.sleep(0.01)
     stop.set()

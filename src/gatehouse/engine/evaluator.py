@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gatehouse.graph.store import REL_BITS, REL_MASK, Interner, Snapshot, contains
+from gatehouse.graph.store import (
+    F_REL,
+    F_STEP,
+    F_US,
+    OID_MASK,
+    R_REL,
+    R_STEP,
+    REL_BITS,
+    REL_MASK,
+    SK_MASK,
+    Interner,
+    Snapshot,
+    contains,
+)
 from gatehouse.graph.tuples import ObjectRef, SubjectRef
 from gatehouse.model.compiler import (
     ArrowPlan,
@@ -380,7 +394,8 @@ class Evaluator:
         # Compile targets first: a plan whose compilation fails falls back to the walk.
         for tname in sorted(self.schema.types):
             for name in self.schema.members(tname):
-                prog.fns[(tname, name)] = self._compile_member(prog, tname, name, set())
+                node = self._compile_member(prog, tname, name, set())
+                prog.fns[(tname, name)] = None if node is None else prog.entry(node)
         self._prog = prog
         return prog
 
@@ -433,7 +448,7 @@ class Evaluator:
             rid = it.rids.get(plan.key)
             if rid is None:
                 return _nil_node(prog)
-            targets: dict[int, _Node] = {}
+            targets: dict[int, _Entry] = {}
             skip: set[int] = set()
             depth = 0
             for tid, tname in enumerate(list(it.type_names)):
@@ -443,7 +458,7 @@ class Evaluator:
                 node = self._compile_member(prog, tname, plan.computed, active)
                 if node is None:
                     return None
-                targets[tid] = node
+                targets[tid] = prog.entry(node)
                 depth = max(depth, prog.depth_of(node))
             return _arrow_node(prog, rid, plan.tupleset, targets, frozenset(skip), depth + 1)
         return None  # intersections, exclusions and nil plans take the general walk
@@ -796,30 +811,50 @@ class _Fallback(Exception):
     """The data holds an edge the compiled plan does not cover: use the general walk."""
 
 
-_Node = Callable[["_FastQuery", int], str | None]
+# A compiled node reads one object's group of forward entries, arr[lo:hi] (lo < hi); an
+# entry point takes the oid and finds its group once for all the nodes below it.
+_Node = Callable[["_FastQuery", "array[int]", int, int], str | None]
+_Entry = Callable[["_FastQuery", int], str | None]
 
 
 class _FastQuery:
-    """Per-check state of the compiled path: index readers, subject keys, lazy closure."""
+    """Per-check state of the compiled path: the snapshot's packed indexes, subject keys,
+    and the subject's userset closure (computed on first need)."""
 
-    __slots__ = ("closure", "fus", "fwd", "max_depth", "rev", "rids", "sk", "truncated", "wk")
+    __slots__ = (
+        "closure",
+        "f_dat",
+        "f_off",
+        "f_ov",
+        "max_depth",
+        "memo",
+        "nf",
+        "rids",
+        "sk",
+        "snap",
+        "truncated",
+        "wk",
+    )
 
     def __init__(self, snap: Snapshot, sk: int, wk: int, rids: list[int], max_depth: int) -> None:
-        self.fwd = snap.fwd
-        self.fus = snap.fus
-        self.rev = snap.rev
+        self.snap = snap
+        self.f_ov = snap.f_ov
+        self.f_off = snap.f_off
+        self.f_dat = snap.f_dat
+        self.nf = snap.nf
         self.sk = sk
         self.wk = wk
         self.rids = rids
         self.max_depth = max_depth
         self.closure: set[int] | None = None
         self.truncated = False
+        self.memo: dict[int, str | None] = {}
 
     def members(self) -> set[int]:
         c = self.closure
         if c is None:
-            c, self.truncated = _closure_of_rev(
-                self.rev, self.sk, self.wk, self.rids, self.max_depth
+            c, self.truncated = _closure_packed(
+                self.snap, self.sk, self.wk, self.rids, self.max_depth
             )
             self.closure = c
         return c
@@ -832,7 +867,9 @@ class _Program:
         self.it = it
         self.nrel = nrel
         self.types = types
-        self.fns: dict[tuple[str, str], _Node | None] = {}
+        self.fns: dict[tuple[str, str], _Entry | None] = {}
+        self.entries: dict[int, _Entry] = {}
+        self.slots: dict[int, int] = {}
         self.compiled: dict[tuple[str, str], _Node | None] = {}
         self.closed_rids: set[int] = set()
         self.other_rids: set[int] = set()
@@ -846,9 +883,37 @@ class _Program:
         self.depths[id(node)] = depth
         return node
 
+    def slot(self, f: _Entry) -> int:
+        """A small number naming entry point `f` in per-check memo keys."""
+        return self.slots.setdefault(id(f), len(self.slots))
+
+    def entry(self, node: _Node) -> _Entry:
+        """The oid-level entry point of `node`: finds the object's group, then runs it."""
+        hit = self.entries.get(id(node))
+        if hit is not None:
+            return hit
+
+        def enter(q: _FastQuery, oid: int) -> str | None:
+            arr = q.f_ov.get(oid)
+            if arr is None:
+                if oid >= q.nf:
+                    return None
+                off = q.f_off
+                lo = off[oid]
+                hi = off[oid + 1]
+                if lo == hi:
+                    return None
+                return node(q, q.f_dat, lo, hi)
+            if not arr:
+                return None
+            return node(q, arr, 0, len(arr))
+
+        self.entries[id(node)] = enter
+        return enter
+
 
 def _nil_node(prog: _Program) -> _Node:
-    def nil(q: _FastQuery, oid: int) -> str | None:
+    def nil(q: _FastQuery, arr: array[int], lo: int, hi: int) -> str | None:
         return None
 
     return prog.keep(nil, 0)
@@ -862,33 +927,67 @@ def _rel_node(prog: _Program, rid: int | None, key: str) -> _Node:
     wildcard = f"wildcard {key}"
     closed = prog.closed_rids
     other = prog.other_rids
+    base = rid << F_REL
+    ubase = base | F_US
+    end = base + F_STEP
 
-    def rel(q: _FastQuery, oid: int) -> str | None:
-        fk = oid << REL_BITS | rid
-        arr = q.fwd(fk)
-        if arr:
-            n = len(arr)
-            sk = q.sk
-            i = bisect_left(arr, sk)
-            if i < n and arr[i] == sk:
-                return direct
-            wk = q.wk
-            if wk >= 0:
-                i = bisect_left(arr, wk)
-                if i < n and arr[i] == wk:
+    def rel(q: _FastQuery, arr: array[int], lo: int, hi: int) -> str | None:
+        # Find the relation's run, then walk it: plain subjects first, usersets after. A
+        # long run of plain subjects is searched by bisection instead.
+        i = bisect_left(arr, base, lo, hi)
+        if i == hi:
+            return None
+        v = arr[i]
+        if v >= end:
+            return None
+        sk = q.sk
+        x = base | sk if sk >= 0 else -1
+        wk = q.wk
+        xw = base | wk if wk >= 0 else -1
+        if v < ubase:
+            if i + 8 < hi and arr[i + 8] < ubase:
+                # long run: bisect for the subject, the wildcard and the first userset
+                if x >= 0:
+                    j = bisect_left(arr, x, i, hi)
+                    if j < hi and arr[j] == x:
+                        return direct
+                if xw >= 0:
+                    j = bisect_left(arr, xw, i, hi)
+                    if j < hi and arr[j] == xw:
+                        return wildcard
+                i = bisect_left(arr, ubase, i, hi)
+            else:
+                wild = False
+                while True:
+                    if v == x:
+                        return direct
+                    if v == xw:
+                        wild = True
+                    i += 1
+                    if i == hi:
+                        return wildcard if wild else None
+                    v = arr[i]
+                    if v >= ubase:
+                        break
+                if wild:
                     return wildcard
-        us = q.fus(fk)
-        if us:
-            members = q.members()
-            for uk in us:
-                if uk in members:
-                    return f"through {it.subject_str(uk)}"
-                r = uk & REL_MASK
-                if r in closed:
-                    if q.truncated:
-                        raise DepthExceeded(f"graph nested deeper than {q.max_depth} levels")
-                elif r in other:
-                    raise _Fallback
+            if i == hi or arr[i] >= end:
+                return None
+        members = q.members()
+        while i < hi:
+            v = arr[i]
+            if v >= end:
+                break
+            uk = v & SK_MASK
+            if uk in members:
+                return f"through {it.subject_str(uk)}"
+            r = uk & REL_MASK
+            if r in closed:
+                if q.truncated:
+                    raise DepthExceeded(f"graph nested deeper than {q.max_depth} levels")
+            elif r in other:
+                raise _Fallback
+            i += 1
         return None
 
     return prog.keep(rel, 0)
@@ -901,27 +1000,27 @@ def _union_node(prog: _Program, kids: list[_Node]) -> _Node:
     if len(kids) == 2:
         a, b = kids
 
-        def union2(q: _FastQuery, oid: int) -> str | None:
-            r = a(q, oid)
-            return r if r is not None else b(q, oid)
+        def union2(q: _FastQuery, arr: array[int], lo: int, hi: int) -> str | None:
+            r = a(q, arr, lo, hi)
+            return r if r is not None else b(q, arr, lo, hi)
 
         return prog.keep(union2, depth)
     if len(kids) == 3:
         a, b, c = kids
 
-        def union3(q: _FastQuery, oid: int) -> str | None:
-            r = a(q, oid)
+        def union3(q: _FastQuery, arr: array[int], lo: int, hi: int) -> str | None:
+            r = a(q, arr, lo, hi)
             if r is not None:
                 return r
-            r = b(q, oid)
-            return r if r is not None else c(q, oid)
+            r = b(q, arr, lo, hi)
+            return r if r is not None else c(q, arr, lo, hi)
 
         return prog.keep(union3, depth)
     kt = tuple(kids)
 
-    def union(q: _FastQuery, oid: int) -> str | None:
+    def union(q: _FastQuery, arr: array[int], lo: int, hi: int) -> str | None:
         for k in kt:
-            r = k(q, oid)
+            r = k(q, arr, lo, hi)
             if r is not None:
                 return r
         return None
@@ -933,24 +1032,37 @@ def _arrow_node(
     prog: _Program,
     rid: int,
     tupleset: str,
-    targets: dict[int, _Node],
+    targets: dict[int, _Entry],
     skip: frozenset[int],
     depth: int,
 ) -> _Node:
     it = prog.it
     obj_type = it.obj_type
     names = it.names
+    slots = {tid: prog.slot(f) for tid, f in targets.items()}
 
-    def arrow(q: _FastQuery, oid: int) -> str | None:
-        for tk in q.fwd(oid << REL_BITS | rid):
-            toid = tk >> REL_BITS
+    base = rid << F_REL
+    ubase = base | F_US
+
+    def arrow(q: _FastQuery, arr: array[int], lo: int, hi: int) -> str | None:
+        a = bisect_left(arr, base, lo, hi)
+        if a == hi or arr[a] >= ubase:
+            return None
+        b = bisect_left(arr, ubase, a, hi)
+        for i in range(a, b):
+            toid = (arr[i] & SK_MASK) >> REL_BITS
             tid = obj_type[toid]
             f = targets.get(tid)
             if f is None:
                 if tid in skip:
                     continue
                 raise _Fallback  # a type interned after compilation
-            r = f(q, toid)
+            memo = q.memo
+            mk = toid << 16 | slots[tid]
+            if mk in memo:
+                r = memo[mk]
+            else:
+                r = memo[mk] = f(q, toid)
             if r is not None:
                 return f"{tupleset}->{names[toid]} > {r}"
         return None
@@ -985,6 +1097,52 @@ def _closure_of_rev(
                     if uk not in keys:
                         keys.add(uk)
                         nxt.append(uk)
+        frontier = nxt
+        level += 1
+    return keys, bool(frontier)
+
+
+def _closure_packed(
+    snap: Snapshot, sk: int, wk: int, rids: list[int], max_depth: int
+) -> tuple[set[int], bool]:
+    """`_closure_of_rev` reading the packed reverse index directly (same result)."""
+    keys: set[int] = set()
+    frontier = [k for k in (sk, wk) if k >= 0]
+    level = 0
+    r_ov = snap.r_ov
+    r_off = snap.r_off
+    r_dat = snap.r_dat
+    nr = snap.nr
+    while frontier and level < max_depth:
+        nxt: list[int] = []
+        for k in frontier:
+            soid = k >> REL_BITS
+            arr = r_ov.get(soid)
+            if arr is None:
+                if soid >= nr:
+                    continue
+                lo = r_off[soid]
+                hi = r_off[soid + 1]
+                if lo == hi:
+                    continue
+                arr = r_dat
+            else:
+                lo = 0
+                hi = len(arr)
+            srid = (k & REL_MASK) << REL_BITS
+            for r in rids:
+                start = (srid | r) << R_REL
+                a = bisect_left(arr, start, lo, hi)
+                stop = start + R_STEP
+                while a < hi:
+                    x = arr[a]
+                    if x >= stop:
+                        break
+                    uk = (x & OID_MASK) << REL_BITS | r
+                    if uk not in keys:
+                        keys.add(uk)
+                        nxt.append(uk)
+                    a += 1
         frontier = nxt
         level += 1
     return keys, bool(frontier)

@@ -1,37 +1,61 @@
-"""Interned ids, forward and reverse tuple indexes, immutable revisioned snapshots and deltas.
+"""Interned ids, packed forward and reverse tuple indexes, immutable revisioned snapshots.
 
-Layout. Every object string `type:id` is interned to an integer `oid`; every stored relation
-`type#relation` to a small integer `rid` (0 means "no relation"). Three integer keys follow:
+Ids. Every object string `type:id` is interned to an integer `oid` (< 2**31); every stored
+relation `type#relation` to a small integer `rid` (0 means "no relation"). Keys:
 
     subject key   sk = oid << 12 | rid(subject relation)     user:ann -> (ann, 0)
     forward key   fk = oid << 12 | rid                        fund:f1#viewer
     reverse key   rk = sk  << 12 | rid                        user:ann, fund#viewer
 
-Indexes map a key to a sorted `array('q')` (8 bytes per entry, no per-entry objects):
-    fwd[fk] -> subject keys of plain and wildcard subjects
-    fus[fk] -> subject keys of usersets (`group:g#member`), kept apart so a check never scans
-               plain subjects to find the usersets to expand
-    rev[rk] -> oids of the resources holding that relation to that subject
+Packed layout (CSR). Each index is one `array('q')` of 8-byte entries, grouped by object and
+sorted within each group, plus one offsets array indexed by oid: the entries of object `o`
+are `dat[off[o]:off[o + 1]]`. No per-key Python objects, so ~8 bytes per tuple per index and
+nothing for the garbage collector to traverse.
 
-A snapshot is a large immutable base layer plus a small overlay of replaced arrays; a delta
-copies only the overlay, and the overlay is folded into a new base once it grows.
+    forward entry of resource oid:   rid << 44 | U << 43 | sk     (U = 1 for userset subjects)
+    reverse entry of subject oid:    (srid << 12 | rid) << 32 | resource oid
+
+So one relation's plain subjects, its usersets, or one (subject relation, relation) pair's
+resources are each a contiguous run found by two bisects inside one object's group.
+
+A snapshot is the packed base plus an overlay: a dict from oid to the object's whole
+replacement group (sorted `array('q')`), for objects changed since the base was packed. A
+delta copies only that dict; once it grows, the overlay is folded into a new packed base.
 Snapshots never change after construction, so readers need no locks.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from itertools import repeat
+from operator import add
+from typing import TypeAlias
 
 from gatehouse.graph.tuples import Delta, SubjectRef, Tuple, parse_tuple
 
 REL_BITS = 12
 REL_MASK = (1 << REL_BITS) - 1
 MAX_RELATION_KEYS = REL_MASK  # rid 0 is reserved for "no relation"
+MAX_OBJECT_ID = (1 << 31) - 1
+# forward entries
+F_REL = 44
+F_US = 1 << 43
+SK_MASK = F_US - 1
+F_STEP = 1 << F_REL
+# reverse entries
+R_REL = 32
+OID_MASK = (1 << R_REL) - 1
+R_STEP = 1 << R_REL
+RK_LOW = (1 << (2 * REL_BITS)) - 1
 _EMPTY: array[int] = array("q")
+_Index: TypeAlias = tuple[
+    "array[int]", "array[int]", "dict[int, array[int]]"
+]  # offsets, entries, overlay
+_RUN = 1 << 18  # entries copied per C call while repacking (bounds GIL hold time)
 
 
 class DeltaError(ValueError):
@@ -79,6 +103,8 @@ class Interner:
                 self.type_ids[tname] = tid
                 self.type_names.append(tname)
             oid = len(self.names)
+            if oid > MAX_OBJECT_ID:
+                raise DeltaError(f"more than {MAX_OBJECT_ID + 1} distinct objects")
             self.names.append(obj)
             self.obj_type.append(tid)
             self.oids[obj] = oid
@@ -114,57 +140,112 @@ class Interner:
         return f"{obj}#{self.rel_names[rid].split('#', 1)[1]}"
 
 
-@dataclass(frozen=True, slots=True)
-class Layer:
-    fwd: dict[int, array[int]]
-    fus: dict[int, array[int]]
-    rev: dict[int, array[int]]
-
-    @staticmethod
-    def empty() -> Layer:
-        return Layer({}, {}, {})
-
-    def size(self) -> int:
-        return len(self.fwd) + len(self.fus) + len(self.rev)
-
-
 def contains(arr: array[int], x: int) -> bool:
     i = bisect_left(arr, x)
     return i < len(arr) and arr[i] == x
 
 
-class Snapshot:
-    """The whole graph at one revision. Immutable; share it freely between threads."""
+def _run(arr: array[int], lo: int, hi: int, start: int, stop: int) -> tuple[int, int]:
+    a = bisect_left(arr, start, lo, hi)
+    return a, bisect_left(arr, stop, a, hi)
 
-    __slots__ = ("_base", "_ov", "count", "interner", "revision")
+
+class Snapshot:
+    """The whole graph at one revision. Immutable; share it freely between threads.
+
+    `f_*` is the forward index, `r_*` the reverse one: `*_off`/`*_dat` the packed base,
+    `*_ov` the overlay (oid -> replacement group), `nf`/`nr` the number of oids in the base.
+    """
+
+    __slots__ = (
+        "count",
+        "f_dat",
+        "f_off",
+        "f_ov",
+        "interner",
+        "nf",
+        "nr",
+        "r_dat",
+        "r_off",
+        "r_ov",
+        "revision",
+    )
 
     def __init__(
-        self, interner: Interner, base: Layer, overlay: Layer, revision: int, count: int
+        self,
+        interner: Interner,
+        f: _Index,
+        r: _Index,
+        revision: int,
+        count: int,
     ) -> None:
         self.interner = interner
-        self._base = base
-        self._ov = overlay
+        self.f_off, self.f_dat, self.f_ov = f
+        self.r_off, self.r_dat, self.r_ov = r
+        self.nf = len(self.f_off) - 1
+        self.nr = len(self.r_off) - 1
         self.revision = revision
         self.count = count
 
-    # index reads: overlay first, then base ------------------------------------
+    # object groups ------------------------------------------------------------
+    def fblock(self, oid: int) -> tuple[array[int], int, int]:
+        """(array, lo, hi): the forward entries of resource `oid` are array[lo:hi]."""
+        b = self.f_ov.get(oid)
+        if b is not None:
+            return b, 0, len(b)
+        if oid < self.nf:
+            off = self.f_off
+            return self.f_dat, off[oid], off[oid + 1]
+        return _EMPTY, 0, 0
+
+    def rblock(self, oid: int) -> tuple[array[int], int, int]:
+        """(array, lo, hi): the reverse entries of subject object `oid` are array[lo:hi]."""
+        b = self.r_ov.get(oid)
+        if b is not None:
+            return b, 0, len(b)
+        if oid < self.nr:
+            off = self.r_off
+            return self.r_dat, off[oid], off[oid + 1]
+        return _EMPTY, 0, 0
+
+    # index reads (general path) -------------------------------------------------
     def fwd(self, fk: int) -> array[int]:
-        v = self._ov.fwd.get(fk)
-        if v is None:
-            v = self._base.fwd.get(fk, _EMPTY)
-        return v
+        """Subject keys of the plain and wildcard subjects of `fk`, sorted."""
+        arr, lo, hi = self.fblock(fk >> REL_BITS)
+        if lo == hi:
+            return _EMPTY
+        base = (fk & REL_MASK) << F_REL
+        a, b = _run(arr, lo, hi, base, base | F_US)
+        if a == b:
+            return _EMPTY
+        return array("q", [x & SK_MASK for x in arr[a:b]])
 
     def fus(self, fk: int) -> array[int]:
-        v = self._ov.fus.get(fk)
-        if v is None:
-            v = self._base.fus.get(fk, _EMPTY)
-        return v
+        """Subject keys of the userset subjects (`group:g#member`) of `fk`, sorted."""
+        arr, lo, hi = self.fblock(fk >> REL_BITS)
+        if lo == hi:
+            return _EMPTY
+        base = (fk & REL_MASK) << F_REL
+        a, b = _run(arr, lo, hi, base | F_US, base + F_STEP)
+        if a == b:
+            return _EMPTY
+        return array("q", [x & SK_MASK for x in arr[a:b]])
 
     def rev(self, rk: int) -> array[int]:
-        v = self._ov.rev.get(rk)
-        if v is None:
-            v = self._base.rev.get(rk, _EMPTY)
-        return v
+        """Oids of the resources holding relation `rk & REL_MASK` to subject `rk >> 12`."""
+        arr, lo, hi = self.rblock(rk >> (2 * REL_BITS))
+        if lo == hi:
+            return _EMPTY
+        base = (rk & RK_LOW) << R_REL
+        a, b = _run(arr, lo, hi, base, base + R_STEP)
+        if a == b:
+            return _EMPTY
+        return array("q", [x & OID_MASK for x in arr[a:b]])
+
+    def has_entry(self, oid: int, e: int) -> bool:
+        arr, lo, hi = self.fblock(oid)
+        i = bisect_left(arr, e, lo, hi)
+        return i < hi and arr[i] == e
 
     def has_tuple(self, t: Tuple) -> bool:
         it = self.interner
@@ -173,22 +254,30 @@ class Snapshot:
         sk = it.subject_key(t.subject)
         if oid is None or rid is None or sk is None:
             return False
-        fk = oid << REL_BITS | rid
-        return contains(self.fus(fk) if sk & REL_MASK else self.fwd(fk), sk)
+        return self.has_entry(oid, _fentry(rid, sk))
 
     def tuples(self) -> Iterator[str]:
         """Every tuple as text, in no particular order (for persistence and hashing)."""
         it = self.interner
-        for index in ("fwd", "fus"):
-            keys = set(getattr(self._base, index)) | set(getattr(self._ov, index))
-            for fk in keys:
-                arr = getattr(self, index)(fk)
-                if not arr:
-                    continue
-                res = it.names[fk >> REL_BITS]
-                rel = it.rel_names[fk & REL_MASK].split("#", 1)[1]
-                for sk in arr:
-                    yield f"{res}#{rel}@{it.subject_str(sk)}"
+        for oid in range(max(self.nf, max(self.f_ov, default=-1) + 1)):
+            arr, lo, hi = self.fblock(oid)
+            if lo == hi:
+                continue
+            res = it.names[oid]
+            for i in range(lo, hi):
+                x = arr[i]
+                rel = it.rel_names[x >> F_REL].split("#", 1)[1]
+                yield f"{res}#{rel}@{it.subject_str(x & SK_MASK)}"
+
+    def nbytes(self) -> int:
+        """Bytes held by the indexes (packed arrays, overlay dict and groups)."""
+        total = 0
+        for a in (self.f_off, self.f_dat, self.r_off, self.r_dat):
+            total += sys.getsizeof(a)
+        for ov in (self.f_ov, self.r_ov):
+            total += sys.getsizeof(ov)
+            total += sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in ov.items())
+        return total
 
 
 class GraphStore:
@@ -196,15 +285,28 @@ class GraphStore:
 
     `current` is replaced by a single attribute assignment, so a reader sees either the old
     snapshot or the new one. Writers are serialised by a lock; readers never take it.
+
+    `switch_interval` (seconds, default 0.5 ms): while a load or delta is being built, the
+    interpreter's thread switch interval is lowered to at most this, so reader threads
+    sharing the GIL wait that long for it rather than Python's default 5 ms; the previous
+    value is restored afterwards. None leaves the interpreter setting alone.
     """
 
-    def __init__(self, compaction_ratio: float = 0.125, min_compaction: int = 4096) -> None:
+    def __init__(
+        self,
+        compaction_ratio: float = 0.125,
+        min_compaction: int = 4096,
+        switch_interval: float | None = 0.0005,
+    ) -> None:
         self.interner = Interner()
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
         self.compaction_ratio = compaction_ratio
         self.min_compaction = min_compaction
-        self.current = Snapshot(self.interner, Layer.empty(), Layer.empty(), 0, 0)
+        self.switch_interval = switch_interval
+        f: _Index = (array("q", [0]), array("q"), {})
+        r: _Index = (array("q", [0]), array("q"), {})
+        self.current = Snapshot(self.interner, f, r, 0, 0)
 
     def wait_for(self, revision: int, timeout: float | None) -> Snapshot | None:
         """Block until a snapshot at `revision` or newer is current; None on timeout."""
@@ -221,51 +323,42 @@ class GraphStore:
     def load(self, tuples: Iterable[Tuple | str], revision: int) -> Snapshot:
         """Replace the whole graph (initial sync, snapshot restore). All or nothing."""
         parsed = [_parse(t) for t in tuples]
-        with self._write_lock:
+        with self._write_lock, _Switch(self.switch_interval):
             if revision < self.current.revision:
                 raise DeltaError(
                     f"snapshot revision {revision} is older than current {self.current.revision}"
                 )
-            fwd: dict[int, list[int]] = {}
-            fus: dict[int, list[int]] = {}
-            rev: dict[int, list[int]] = {}
+            fl: dict[int, list[int]] = {}
+            rl: dict[int, list[int]] = {}
             it = self.interner
-            seen: set[tuple[int, int]] = set()
             with it.lock:
                 for t in parsed:
                     oid, rid, sk = _intern(it, t)
-                    fk = oid << REL_BITS | rid
-                    if (fk, sk) in seen:
-                        continue
-                    seen.add((fk, sk))
-                    (fus if sk & REL_MASK else fwd).setdefault(fk, []).append(sk)
-                    rev.setdefault(sk << REL_BITS | rid, []).append(oid)
-            del seen
-            base = Layer(_freeze(fwd), _freeze(fus), _freeze(rev))
-            count = sum(len(a) for a in base.fwd.values()) + sum(len(a) for a in base.fus.values())
-            return self._publish(Snapshot(it, base, Layer.empty(), revision, count))
+                    fl.setdefault(oid, []).append(_fentry(rid, sk))
+                    rl.setdefault(sk >> REL_BITS, []).append(_rentry(oid, rid, sk))
+                n = len(it.names)
+            del parsed
+            f_off, f_dat = _pack(fl, n)
+            del fl
+            r_off, r_dat = _pack(rl, n)
+            del rl
+            snap = Snapshot(it, (f_off, f_dat, {}), (r_off, r_dat, {}), revision, len(f_dat))
+            return self._publish(snap)
 
     def apply(self, delta: Delta, revision: int | None = None) -> Snapshot:
         """Apply `delta` as one step and return the new snapshot.
 
         Raises DeltaError and changes nothing when the delta cannot be applied.
         """
-        with self._write_lock:
+        with self._write_lock, _Switch(self.switch_interval):
             cur = self.current
             if revision is None:
                 revision = cur.revision + 1
             elif revision <= cur.revision:
                 raise DeltaError(f"delta revision {revision} is not newer than {cur.revision}")
             if not delta.writes and not delta.deletes:
-                return self._publish(
-                    Snapshot(self.interner, cur._base, cur._ov, revision, cur.count)
-                )
+                return self._publish(_same(cur, revision))
             it = self.interner
-            # fk -> (adds, removes) for fwd/fus; rk -> (adds, removes) for rev
-            f_ch: dict[int, tuple[set[int], set[int]]] = {}
-            u_ch: dict[int, tuple[set[int], set[int]]] = {}
-            r_ch: dict[int, tuple[set[int], set[int]]] = {}
-            delta_count = 0
             # Net effect per tuple: deletes first, then writes.
             net: dict[tuple[int, int, int], bool] = {}
             with it.lock:
@@ -275,24 +368,71 @@ class GraphStore:
                         net[k] = False
                 for t in delta.writes:
                     net[_intern(it, t)] = True
+                n = len(it.names)
+            # oid -> (adds, removes) of forward / reverse entries
+            f_ch: dict[int, tuple[set[int], set[int]]] = {}
+            r_ch: dict[int, tuple[set[int], set[int]]] = {}
+            delta_count = 0
             for (oid, rid, sk), present in net.items():
-                fk = oid << REL_BITS | rid
-                is_us = bool(sk & REL_MASK)
-                exists = contains(cur.fus(fk) if is_us else cur.fwd(fk), sk)
-                if exists == present:
+                e = _fentry(rid, sk)
+                if cur.has_entry(oid, e) == present:
                     continue
                 slot = 0 if present else 1
                 delta_count += 1 if present else -1
-                (u_ch if is_us else f_ch).setdefault(fk, (set(), set()))[slot].add(sk)
-                r_ch.setdefault(sk << REL_BITS | rid, (set(), set()))[slot].add(oid)
-            ov = Layer(dict(cur._ov.fwd), dict(cur._ov.fus), dict(cur._ov.rev))
-            _merge(ov.fwd, cur.fwd, f_ch)
-            _merge(ov.fus, cur.fus, u_ch)
-            _merge(ov.rev, cur.rev, r_ch)
-            base = cur._base
-            if ov.size() > max(self.min_compaction, int(base.size() * self.compaction_ratio)):
-                base, ov = _compact(base, ov), Layer.empty()
-            return self._publish(Snapshot(it, base, ov, revision, cur.count + delta_count))
+                f_ch.setdefault(oid, (set(), set()))[slot].add(e)
+                r_ch.setdefault(sk >> REL_BITS, (set(), set()))[slot].add(_rentry(oid, rid, sk))
+            f_ov = _merge(cur.f_ov, cur.f_off, cur.f_dat, f_ch)
+            r_ov = _merge(cur.r_ov, cur.r_off, cur.r_dat, r_ch)
+            count = cur.count + delta_count
+            limit = max(self.min_compaction, int((cur.nf + cur.nr) * self.compaction_ratio))
+            if len(f_ov) + len(r_ov) > limit:
+                f: _Index = (*_repack(cur.f_off, cur.f_dat, f_ov, n), {})
+                r: _Index = (*_repack(cur.r_off, cur.r_dat, r_ov, n), {})
+                return self._publish(Snapshot(it, f, r, revision, count))
+            snap = Snapshot(
+                it, (cur.f_off, cur.f_dat, f_ov), (cur.r_off, cur.r_dat, r_ov), revision, count
+            )
+            return self._publish(snap)
+
+
+class _Switch:
+    """Lower sys.getswitchinterval() to at most `interval` for the duration of a block."""
+
+    __slots__ = ("interval", "old")
+
+    def __init__(self, interval: float | None) -> None:
+        self.interval = interval
+        self.old: float | None = None
+
+    def __enter__(self) -> None:
+        if self.interval is not None:
+            old = sys.getswitchinterval()
+            if self.interval < old:
+                self.old = old
+                sys.setswitchinterval(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.old is not None:
+            sys.setswitchinterval(self.old)
+            self.old = None
+
+
+def _same(cur: Snapshot, revision: int) -> Snapshot:
+    return Snapshot(
+        cur.interner,
+        (cur.f_off, cur.f_dat, cur.f_ov),
+        (cur.r_off, cur.r_dat, cur.r_ov),
+        revision,
+        cur.count,
+    )
+
+
+def _fentry(rid: int, sk: int) -> int:
+    return rid << F_REL | (F_US if sk & REL_MASK else 0) | sk
+
+
+def _rentry(oid: int, rid: int, sk: int) -> int:
+    return ((sk & REL_MASK) << REL_BITS | rid) << R_REL | oid
 
 
 def _parse(t: Tuple | str) -> Tuple:
@@ -316,41 +456,86 @@ def _lookup(it: Interner, t: Tuple) -> tuple[int, int, int] | None:
     return oid, rid, sk
 
 
-def _freeze(d: dict[int, list[int]]) -> dict[int, array[int]]:
-    return {k: array("q", sorted(v)) for k, v in d.items()}
+def _pack(groups: dict[int, list[int]], n: int) -> tuple[array[int], array[int]]:
+    """Offsets (n + 1) and entries of `groups` (oid -> entries), each group sorted, deduped."""
+    off = array("q", [0])
+    dat = array("q")
+    get = groups.get
+    for oid in range(n):
+        g = get(oid)
+        if g:
+            if len(g) > 1:
+                g = sorted(set(g))
+            dat.extend(g)
+        off.append(len(dat))
+    return off, dat
 
 
 def _merge(
     ov: dict[int, array[int]],
-    read: Callable[[int], array[int]],
+    off: array[int],
+    dat: array[int],
     changes: dict[int, tuple[set[int], set[int]]],
-) -> None:
-    for key, (adds, removes) in changes.items():
-        cur = read(key)
-        if removes:
-            merged = sorted((set(cur) - removes) | adds)
+) -> dict[int, array[int]]:
+    """A copy of overlay `ov` with the groups in `changes` (oid -> adds, removes) rebuilt."""
+    out = dict(ov)
+    nb = len(off) - 1
+    for oid, (adds, removes) in changes.items():
+        g = ov.get(oid)
+        if g is not None:
+            arr, lo, hi = g, 0, len(g)
+        elif oid < nb:
+            arr, lo, hi = dat, off[oid], off[oid + 1]
         else:
-            merged = sorted(set(cur).union(adds)) if len(cur) < 64 else _insert_sorted(cur, adds)
-        ov[key] = array("q", merged)
-
-
-def _insert_sorted(cur: array[int], adds: set[int]) -> list[int]:
-    out = list(cur)
-    for x in sorted(adds):
-        i = bisect_left(out, x)
-        if i == len(out) or out[i] != x:
-            out.insert(i, x)
+            arr, lo, hi = _EMPTY, 0, 0
+        if not removes and len(adds) == 1:
+            # the common case: one new entry in an object's group
+            (x,) = adds
+            new = arr[lo:hi]
+            new.insert(bisect_left(new, x), x)
+            out[oid] = new
+            continue
+        if lo == hi:
+            merged = sorted(adds)
+        else:
+            merged = sorted(set(arr[lo:hi]).difference(removes).union(adds))
+        out[oid] = array("q", merged)
     return out
 
 
-def _compact(base: Layer, ov: Layer) -> Layer:
-    def fold(b: dict[int, array[int]], o: dict[int, array[int]]) -> dict[int, array[int]]:
-        out = dict(b)
-        for k, v in o.items():
-            if v:
-                out[k] = v
-            else:
-                out.pop(k, None)
-        return out
+def _repack(
+    off: array[int], dat: array[int], ov: dict[int, array[int]], n: int
+) -> tuple[array[int], array[int]]:
+    """A new packed base: `off`/`dat` with the overlay's groups folded in, for n oids.
 
-    return Layer(fold(base.fwd, ov.fwd), fold(base.fus, ov.fus), fold(base.rev, ov.rev))
+    Unchanged runs of objects are copied by slices, a bounded number of entries per C call.
+    """
+    nb = len(off) - 1
+    new_off = array("q", [0])
+    new_dat = array("q")
+
+    def copy(a: int, b: int) -> None:
+        # objects a..b-1 of the old base, unchanged
+        while a < b:
+            c = b
+            if off[c] - off[a] > _RUN:
+                c = min(b, max(a + 1, bisect_left(off, off[a] + _RUN, a + 1, b + 1) - 1))
+            shift = len(new_dat) - off[a]
+            new_dat.extend(dat[off[a] : off[c]])
+            new_off.extend(map(add, off[a + 1 : c + 1], repeat(shift)))
+            a = c
+
+    pos = 0
+    for oid in sorted(ov):
+        copy(pos, min(oid, nb))
+        gap = oid - (len(new_off) - 1)
+        if gap > 0:  # objects interned after the base was packed, with no entries
+            new_off.extend(repeat(len(new_dat), gap))
+        new_dat.extend(ov[oid])
+        new_off.append(len(new_dat))
+        pos = oid + 1
+    copy(pos, nb)
+    gap = n - (len(new_off) - 1)
+    if gap > 0:
+        new_off.extend(repeat(len(new_dat), gap))
+    return new_off, new_dat
