@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from gatehouse.graph.tuples import InvalidReference, parse_tuple
+from gatehouse.graph.tuples import ID_PATTERN, REL_PATTERN, TYPE_PATTERN
 
 
 class MappingError(ValueError):
@@ -41,6 +41,13 @@ class MappingError(ValueError):
 
 
 _FMT = string.Formatter()
+# The tuple grammar of gatehouse.graph.tuples, matched once per rendered tuple (the hot path
+# of an initial sync): groups type, id, relation, subject type, subject id, subject relation.
+_TUPLE_RE = re.compile(
+    rf"({TYPE_PATTERN}):({ID_PATTERN})#({REL_PATTERN})@({TYPE_PATTERN}):({ID_PATTERN}|\*)"
+    rf"(?:#({REL_PATTERN}))?"
+)
+Checker = Callable[[str, str, str, "str | None", bool], None]
 _ID_RE = r"[A-Za-z0-9@._\-/|+*]*"
 
 
@@ -91,7 +98,7 @@ class Rule:
     def matches(self, row: Mapping[str, Any]) -> bool:
         return all(c.test(row) for c in self.when)
 
-    def render(self, row: Mapping[str, Any]) -> str:
+    def render(self, row: Mapping[str, Any], check: Callable[[re.Match[str]], None]) -> str:
         text = self.template
         for name, var in self.vars.items():
             case = row.get(var.by)
@@ -106,10 +113,10 @@ class Rule:
                 raise MappingError(f"{self.table}: column {name!r} is empty in {self.template!r}")
             values[name] = str(v)
         out = text.format_map(values)
-        try:
-            parse_tuple(out)
-        except InvalidReference as e:
-            raise MappingError(f"{self.table}: row maps to a malformed tuple {out!r}: {e}") from e
+        m = _TUPLE_RE.fullmatch(out)
+        if m is None or (m.group(5) == "*" and m.group(6)):
+            raise MappingError(f"{self.table}: row maps to a malformed tuple {out!r}")
+        check(m)
         return out
 
     def patterns(self) -> list[tuple[re.Pattern[str], dict[str, str]]]:
@@ -140,6 +147,28 @@ class Rule:
 @dataclass
 class TupleMapping:
     rules: dict[str, list[Rule]]
+    # Optional schema check (CompiledSchema.check_tuple); results are memoised by the
+    # tuple's shape (types and relations), so it costs one dict lookup per tuple.
+    checker: Checker | None = None
+    _shapes: dict[tuple[str, str, str, str | None, bool], str | None] = field(default_factory=dict)
+
+    def with_checker(self, checker: Checker | None) -> TupleMapping:
+        return TupleMapping(self.rules, checker)
+
+    def _check(self, m: re.Match[str]) -> None:
+        if self.checker is None:
+            return
+        shape = (m.group(1), m.group(3), m.group(4), m.group(6), m.group(5) == "*")
+        err = self._shapes.get(shape, "")
+        if err == "":
+            try:
+                self.checker(*shape)
+                err = None
+            except ValueError as e:
+                err = str(e)
+            self._shapes[shape] = err
+        if err is not None:
+            raise MappingError(f"tuple {m.group(0)!r}: {err}")
 
     @property
     def tables(self) -> list[str]:
@@ -149,7 +178,7 @@ class TupleMapping:
         """The tuples one row maps to (none for an unmapped table or a None row)."""
         if row is None:
             return []
-        return [r.render(row) for r in self.rules.get(table, ()) if r.matches(row)]
+        return [r.render(row, self._check) for r in self.rules.get(table, ()) if r.matches(row)]
 
     def invert(self, tuples: Iterable[str]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
         """Rows that map to `tuples` (first matching rule wins); and the tuples no rule

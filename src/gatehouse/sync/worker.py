@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from gatehouse.graph.tuples import InvalidReference, parse_tuple
 from gatehouse.model.compiler import CompiledSchema
-from gatehouse.model.errors import SchemaError
 from gatehouse.sor.store import SystemOfRecord, Transaction
 from gatehouse.sync.mapping import MappingError, TupleMapping
 
@@ -82,26 +80,14 @@ class Projection:
     two rows mapping to one tuple cannot delete it for each other."""
 
     def __init__(self, mapping: TupleMapping, schema: CompiledSchema | None = None) -> None:
-        self.mapping = mapping
-        self.schema = schema
+        self.mapping = mapping.with_checker(schema.check_tuple if schema is not None else None)
         self.counts: dict[str, int] = {}
         self.rejected = 0
 
     def _tuples(self, table: str, row: dict[str, object] | None, count: bool) -> list[str]:
         try:
-            out = self.mapping.tuples(table, row)
-            if self.schema is not None:
-                for text in out:
-                    t = parse_tuple(text)
-                    self.schema.check_tuple(
-                        t.resource.type,
-                        t.relation,
-                        t.subject.type,
-                        t.subject.relation,
-                        t.subject.wildcard,
-                    )
-            return out
-        except (MappingError, SchemaError, InvalidReference) as e:
+            return self.mapping.tuples(table, row)
+        except MappingError as e:
             # Fail closed: a row we cannot map grants nothing (its old tuples still go).
             if count:
                 self.rejected += 1
