@@ -42,7 +42,7 @@ class Result:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-_EMAIL_RE = re.compile(r"[A-Za-z0-9._+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)+")
+_EMAIL_RE = re.compile(r"[A-Za-z0-9._+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*")
 _ID_RE = re.compile(ID_PATTERN)
 _SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_\-]{0,62}")
 _LANG_RE = re.compile(r"[a-z]{2}([_-][A-Za-z]{2})?")
