@@ -53,7 +53,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
     p.add_argument("--unix", default=None, help="also listen on this unix socket path")
-    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port on 127.0.0.1")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port")
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics binds (%(default)s; the pod IP in Kubernetes so Prometheus can "
+        "scrape it)",
+    )
     p.add_argument("--no-reflection", action="store_true", help="disable gRPC server reflection")
     p.add_argument("--cursor-key-file", default=None, help="file with the cursor signing key")
     p.add_argument(
@@ -267,6 +273,7 @@ def run_worker(settings: dict[str, Any], index: int) -> int:
             listen=args.listen,
             unix=args.unix,
             metrics_port=metrics_port,
+            metrics_host=args.metrics_host,
             reflection_enabled=not args.no_reflection,
             cursor_key=key,
             max_workers=args.threads,
@@ -294,7 +301,7 @@ def run_worker(settings: dict[str, Any], index: int) -> int:
     who = f"worker {index} (pid {os.getpid()}) " if multi else ""
     msg = f"gatehouse: {who}serving {' '.join(w for w in where if w)}"
     if handle.metrics_port is not None:
-        msg += f", metrics on 127.0.0.1:{handle.metrics_port}"
+        msg += f", metrics on {args.metrics_host}:{handle.metrics_port}"
     print(msg, file=sys.stderr, flush=True)
     while not stop.wait(1.0):
         pass

@@ -90,6 +90,7 @@ def serve(
     listen: str | None = "127.0.0.1:0",
     unix: str | None = None,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     reflection_enabled: bool = True,
     cursor_key: bytes | None = None,
     max_workers: int = 16,
@@ -165,7 +166,7 @@ def serve(
         target = unix if unix.startswith("unix:") else f"unix:{unix}"
         if server.add_insecure_port(target) == 0:
             raise OSError(f"cannot listen on {target}")
-    mport = metrics.start_http(metrics_port) if metrics_port is not None else None
+    mport = metrics.start_http(metrics_port, metrics_host) if metrics_port is not None else None
     handle = ServerHandle(
         server, port, mport, metrics, hs, dlog, freshness, policy_freshness, rejections
     )

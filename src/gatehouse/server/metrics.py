@@ -1,4 +1,5 @@
-"""Prometheus metrics for the gRPC server, on their own registry, served on 127.0.0.1 only.
+"""Prometheus metrics for the gRPC server, on their own registry, served on 127.0.0.1 unless
+`--metrics-host` says otherwise (a pod IP, so Prometheus can scrape a sidecar).
 
 Labels never carry ids: only method names, status codes and decision results.
 """
@@ -137,9 +138,9 @@ class Metrics:
     def decision(self, result: str, n: int = 1) -> None:
         self.decisions.labels(result=result).inc(n)
 
-    def start_http(self, port: int) -> int:
-        """Serve /metrics on 127.0.0.1:`port` (0 = any free port); return the bound port."""
-        server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+    def start_http(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve /metrics on `host`:`port` (0 = any free port); return the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
         self._http = server
         return int(server.server_port)
 

@@ -15,6 +15,7 @@
     - --listen=$(POD_IP):{{ .Values.grpcPort }}
     - --unix=/run/gatehouse/gatehouse.sock
     - --metrics-port={{ .Values.metricsPort }}
+    - --metrics-host=$(POD_IP)
     - --no-reflection
   startupProbe:
     grpc: {port: {{ .Values.grpcPort }}}
