@@ -6,6 +6,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from gatehouse.graph.store import (
     F_REL,
@@ -479,9 +480,12 @@ class Evaluator:
             oids = self._lookup_memo(q, resource_type, plan)
             if not (q.cyclic and q.changed):
                 break
+        if not oids:
+            return []
+        # All names share the "type:" prefix, so sorting names sorts ids; C-level loops.
         names = snap.interner.names
-        cut = len(resource_type) + 1
-        return sorted(names[o][cut:] for o in oids)
+        picked = itemgetter(*oids)(names) if len(oids) > 1 else (names[next(iter(oids))],)
+        return list(map(itemgetter(slice(len(resource_type) + 1, None)), sorted(picked)))
 
     def _lookup_memo(self, q: _Query, tname: str, plan: Plan) -> set[int]:
         k = id(plan)
