@@ -5,6 +5,7 @@ repaired; the follower persists and resumes. SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from dbs import BACKENDS, Db, make_db
 from sqlalchemy import insert
 
 from gatehouse.engine.state import DecisionState
-from gatehouse.sor.store import SystemOfRecord
+from gatehouse.graph.tuples import ObjectRef, SubjectRef
+from gatehouse.sor.store import SystemOfRecord, WriteTx
 from gatehouse.sor.tables import group_members
 from gatehouse.sync.client import DATA_FILE, FeedFollower, read_snapshot, write_snapshot
 from gatehouse.sync.feed import FeedHandle, serve_feed
@@ -292,3 +294,152 @@ def test_worker_metrics_are_served(sor: SystemOfRecord, worker: SyncWorker) -> N
     finally:
         f.stop()
         h.stop(0.5)
+
+
+ONTRA = Path(__file__).resolve().parents[2] / "bundles" / "ontra"
+
+
+@pytest.fixture
+def ontra(sor: SystemOfRecord) -> Iterator[tuple[SyncWorker, FeedHandle]]:
+    """A worker with the ontra bundle's mapping and its feed."""
+    from gatehouse.sync.mapping import load_mapping
+
+    w = SyncWorker(
+        sor, load_mapping(str(ONTRA / "mapping.yaml")), poll_interval=0.05, reconcile_interval=0
+    )
+    w.start()
+    h = serve_feed(w, "127.0.0.1:0")
+    yield w, h
+    h.stop(0.5)
+    w.stop()
+
+
+def _ontra_follower(feed: FeedHandle) -> FeedFollower:
+    from gatehouse.bundle.activation import activate
+    from gatehouse.bundle.loader import load_bundle
+
+    state = DecisionState()
+    activate(state, load_bundle(str(ONTRA)))
+    f = FeedFollower(state, f"127.0.0.1:{feed.port}")
+    f.start()
+    return f
+
+
+def _member(tx: WriteTx, group: str, user: str, add: bool) -> None:
+    key = {"group_id": group, "member_type": "user", "member_id": user}
+    if add:
+        tx.insert("group_members", **key)
+    else:
+        tx.delete("group_members", **key)
+
+
+def test_a_move_between_groups_is_never_seen_half_applied(
+    sor: SystemOfRecord, ontra: tuple[SyncWorker, FeedHandle]
+) -> None:
+    """RELIABILITY T15: U moves between G1 and G2 in one SQL transaction; probes taken at
+    one revision always see exactly one of r1 (via G1) and r2 (via G2)."""
+    with sor.transaction() as tx:
+        for fund, group in (("r1", "g1"), ("r2", "g2")):
+            tx.insert(
+                "access_grants",
+                subject_type="group",
+                subject_id=group,
+                level="viewer",
+                resource_type="fund",
+                resource_id=fund,
+            )
+        _member(tx, "g1", "u", True)
+    f = _ontra_follower(ontra[1])
+    stop = threading.Event()
+    bad: list[tuple[int, bool, bool]] = []
+    probes = [0]
+
+    def probe() -> None:
+        u = SubjectRef("user", "u")
+        while not stop.is_set():
+            view = f.state.view()
+            ev = view.policy.evaluator
+            a = ev.check(view.snapshot, u, "read", ObjectRef("fund", "r1")).allowed
+            b = ev.check(view.snapshot, u, "read", ObjectRef("fund", "r2")).allowed
+            probes[0] += 1
+            if a == b:
+                bad.append((view.snapshot.revision, a, b))
+
+    try:
+        assert f.state.wait_for_revision(tx.revision, 20) is not None
+        threads = [threading.Thread(target=probe) for _ in range(2)]
+        for t in threads:
+            t.start()
+        where = "g1"
+        for _ in range(60):
+            to = "g2" if where == "g1" else "g1"
+            with sor.transaction() as tx:
+                _member(tx, where, "u", False)
+                _member(tx, to, "u", True)
+            where = to
+        assert f.state.wait_for_revision(tx.revision, 20) is not None
+        stop.set()
+        for t in threads:
+            t.join()
+        assert bad == [] and probes[0] > 100
+    finally:
+        stop.set()
+        f.stop()
+
+
+def test_at_least_revision_is_never_answered_from_older_data(
+    sor: SystemOfRecord, ontra: tuple[SyncWorker, FeedHandle]
+) -> None:
+    """RELIABILITY T17 (new enemy): revoke in SQL, get revision R; with the worker paused a
+    request for R fails (never a stale answer); once the worker runs, it is answered at R."""
+    import grpc as _grpc
+
+    from gatehouse.server.app import serve
+    from gatehouse.server.client import stub
+    from gatehouse.v1 import decision_pb2 as pb
+
+    with sor.transaction() as tx:
+        tx.insert(
+            "access_grants",
+            subject_type="user",
+            subject_id="eve",
+            level="viewer",
+            resource_type="fund",
+            resource_id="f1",
+        )
+    worker, feed = ontra
+    f = _ontra_follower(feed)
+    server = serve(f.state, listen="127.0.0.1:0")
+    try:
+        assert f.state.wait_for_revision(tx.revision, 20) is not None
+        worker.stop()  # paused: nothing new reaches the sidecar
+        with sor.transaction() as tx:
+            tx.delete(
+                "access_grants",
+                subject_type="user",
+                subject_id="eve",
+                level="viewer",
+                resource_type="fund",
+                resource_id="f1",
+                tenant_id="",
+            )
+        revoked_at = tx.revision
+        req = pb.CheckRequest(
+            subject="user:eve", permission="read", resource="fund:f1", at_least_revision=revoked_at
+        )
+        with _grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            s = stub(ch)
+            with pytest.raises(_grpc.RpcError):
+                s.Check(req, timeout=1.0)
+            # Without the requirement, the old (stale) grant still answers: the point of R.
+            assert s.Check(
+                pb.CheckRequest(subject="user:eve", permission="read", resource="fund:f1"),
+                timeout=5,
+            ).allowed
+            worker._stop.clear()
+            worker.start()
+            resp = s.Check(req, timeout=20)
+            assert not resp.allowed and resp.revision >= revoked_at
+    finally:
+        server.stop(0.5)
+        f.stop()

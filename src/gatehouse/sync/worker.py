@@ -11,6 +11,7 @@ repairs drift (writes the change log did not capture) and counts it.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -307,8 +308,11 @@ class SyncWorker:
                 self._wake.clear()
             except Exception as e:  # the SoR is down: keep serving what we have, retry
                 self.metrics.errors.inc()
+                # Staleness keeps rising while we cannot read: that is what alerts watch.
+                self.metrics.lag.set(time.monotonic() - self._caught_up_at)
                 log.warning("system of record unavailable (%s); retrying in %.1fs", e, backoff)
-                self._stop.wait(backoff)
+                # Jittered, capped: a fleet of workers does not hammer a recovering database.
+                self._stop.wait(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, 5.0)
 
     def _listen(self) -> None:
