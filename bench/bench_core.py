@@ -52,17 +52,12 @@ def rss_bytes() -> int:
 
 
 def retained_bytes(st: GraphStore) -> int:
-    """sys.getsizeof of the packed index arrays, the overlay and the interner tables.
+    """sys.getsizeof of the packed index arrays, the overlay and the interner's object tables.
 
     RSS growth also counts memory freed during load (parsed tuples, the build lists) that
     the allocator keeps; this is what the loaded graph itself holds on to.
     """
-    total = st.current.nbytes()
-    it = st.interner
-    total += sys.getsizeof(it.names) + sys.getsizeof(it.oids) + sys.getsizeof(it.obj_type)
-    total += sum(sys.getsizeof(n) for n in it.names)
-    total += sum(sys.getsizeof(v) for v in it.oids.values())
-    return total
+    return st.current.nbytes() + st.interner.nbytes()
 
 
 def pct(samples: list[int], p: float) -> float:

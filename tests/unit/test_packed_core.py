@@ -175,7 +175,8 @@ def _model_indexes(snap: Snapshot, tuples: set[str]) -> None:
     for t in tuples:
         left, subj = t.split("@", 1)
         obj, rel = left.split("#", 1)
-        oid = it.oids[obj]
+        oid = it.oid(obj)
+        assert oid is not None
         rid = it.rids[f"{obj.split(':', 1)[0]}#{rel}"]
         sk = it.subject_key(parse_subject(subj))
         assert sk is not None

@@ -195,12 +195,12 @@ class Evaluator:
             # Fast path: a compiled plan (unions, relations, closed usersets, acyclic arrows)
             # for a plain subject. Falls back to the general walk when the data holds an edge
             # the compiled plan does not cover.
-            oids = it.oids
-            oid = oids.get(f"{resource.type}:{resource.id}")
+            look = it.oid
+            oid = look(f"{resource.type}:{resource.id}")
             if oid is None:
                 return Decision(False, snap.revision, "no_path")
-            s = oids.get(f"{subject.type}:{subject.id}")
-            w = oids.get(f"{subject.type}:*")
+            s = look(f"{subject.type}:{subject.id}")
+            w = look(f"{subject.type}:*")
             fq = _FastQuery(
                 snap,
                 -1 if s is None else s << REL_BITS,

@@ -31,6 +31,7 @@ import threading
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from itertools import repeat
 from operator import add, sub
 from typing import TypeAlias
@@ -55,6 +56,7 @@ _EMPTY: array[int] = array("q")
 _Index: TypeAlias = tuple[
     "array[int]", "array[int]", "dict[int, array[int]]"
 ]  # offsets, entries, overlay
+_OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
 _RUN = 1 << 18  # entries copied per C call while repacking (bounds GIL hold time)
 
 
@@ -66,13 +68,19 @@ class Interner:
     """Append-only tables of object strings, type names and relation keys.
 
     Shared by every snapshot of one store. Writers hold `lock`; readers only call the
-    lookup methods, which are single dict reads and so safe under the GIL.
+    lookup methods, lock-free: safe under the GIL because tables only grow, a name is
+    appended before its slot is set, and a resized slot table replaces the old one by a
+    single reference swap.
+
+    Object names are found through an open-addressing table of oids (`array('i')`, linear
+    probing on `hash(name)`, at most half full) rather than a dict: ~4-8 bytes per object
+    instead of a dict entry and a boxed int (~60 bytes).
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.oids: dict[str, int] = {}
         self.names: list[str] = []
+        self._slots: array[int] = array("i", [-1]) * 1024
         self.obj_type: array[int] = array("H")
         self.type_ids: dict[str, int] = {}
         self.type_names: list[str] = []
@@ -81,7 +89,17 @@ class Interner:
 
     # lookups (lock-free) ----------------------------------------------------
     def oid(self, obj: str) -> int | None:
-        return self.oids.get(obj)
+        slots = self._slots
+        mask = len(slots) - 1
+        names = self.names
+        i = hash(obj) & mask
+        while True:
+            o = slots[i]
+            if o < 0:
+                return None
+            if names[o] == obj:
+                return o
+            i = (i + 1) & mask
 
     def rid(self, key: str) -> int | None:
         return self.rids.get(key)
@@ -92,23 +110,57 @@ class Interner:
     def type_of(self, oid: int) -> str:
         return self.type_names[self.obj_type[oid]]
 
+    def nbytes(self) -> int:
+        """Bytes held by the object tables (names, their strings, slots, types)."""
+        names = self.names
+        return (
+            sys.getsizeof(names)
+            + sum(map(sys.getsizeof, names))
+            + sys.getsizeof(self._slots)
+            + sys.getsizeof(self.obj_type)
+        )
+
     # interning (caller holds lock) -------------------------------------------
     def intern_object(self, obj: str) -> int:
-        oid = self.oids.get(obj)
-        if oid is None:
-            tname = obj.split(":", 1)[0]
-            tid = self.type_ids.get(tname)
-            if tid is None:
-                tid = len(self.type_names)
-                self.type_ids[tname] = tid
-                self.type_names.append(tname)
-            oid = len(self.names)
-            if oid > MAX_OBJECT_ID:
-                raise DeltaError(f"more than {MAX_OBJECT_ID + 1} distinct objects")
-            self.names.append(obj)
-            self.obj_type.append(tid)
-            self.oids[obj] = oid
+        slots = self._slots
+        mask = len(slots) - 1
+        names = self.names
+        i = hash(obj) & mask
+        while True:
+            o = slots[i]
+            if o < 0:
+                break
+            if names[o] == obj:
+                return o
+            i = (i + 1) & mask
+        tname = obj.split(":", 1)[0]
+        tid = self.type_ids.get(tname)
+        if tid is None:
+            tid = len(self.type_names)
+            self.type_ids[tname] = tid
+            self.type_names.append(tname)
+        oid = len(names)
+        if oid > MAX_OBJECT_ID:
+            raise DeltaError(f"more than {MAX_OBJECT_ID + 1} distinct objects")
+        names.append(obj)
+        self.obj_type.append(tid)
+        if 2 * (oid + 1) > len(slots):
+            self._grow()
+        else:
+            slots[i] = oid
         return oid
+
+    def _grow(self) -> None:
+        """Rebuild the slot table at twice the size (every name, the newest included)."""
+        size = 2 * len(self._slots)
+        slots = array("i", [-1]) * size
+        mask = size - 1
+        for o, name in enumerate(self.names):
+            i = hash(name) & mask
+            while slots[i] >= 0:
+                i = (i + 1) & mask
+            slots[i] = o
+        self._slots = slots
 
     def intern_rel(self, key: str) -> int:
         rid = self.rids.get(key)
@@ -122,7 +174,7 @@ class Interner:
 
     def subject_key(self, s: SubjectRef) -> int | None:
         """The subject key of `s`, or None if the graph has never seen it (holds nothing)."""
-        oid = self.oids.get(s.object)
+        oid = self.oid(s.object)
         if oid is None:
             return None
         if s.relation is None:
@@ -304,8 +356,8 @@ class GraphStore:
         self.compaction_ratio = compaction_ratio
         self.min_compaction = min_compaction
         self.switch_interval = switch_interval
-        f: _Index = (array("q", [0]), array("q"), {})
-        r: _Index = (array("q", [0]), array("q"), {})
+        f: _Index = (array(_OFF, [0]), array("q"), {})
+        r: _Index = (array(_OFF, [0]), array("q"), {})
         self.current = Snapshot(self.interner, f, r, 0, 0)
 
     def wait_for(self, revision: int, timeout: float | None) -> Snapshot | None:
@@ -338,10 +390,11 @@ class GraphStore:
                     rl.setdefault(sk >> REL_BITS, []).append(_rentry(oid, rid, sk))
                 n = len(it.names)
             del parsed
-            f_off, f_dat = _pack(fl, n)
-            del fl
-            r_off, r_dat = _pack(rl, n)
-            del rl
+            with _no_overflow():
+                f_off, f_dat = _pack(fl, n)
+                del fl
+                r_off, r_dat = _pack(rl, n)
+                del rl
             snap = Snapshot(it, (f_off, f_dat, {}), (r_off, r_dat, {}), revision, len(f_dat))
             return self._publish(snap)
 
@@ -386,8 +439,9 @@ class GraphStore:
             count = cur.count + delta_count
             limit = max(self.min_compaction, int((cur.nf + cur.nr) * self.compaction_ratio))
             if len(f_ov) + len(r_ov) > limit:
-                f: _Index = (*_repack(cur.f_off, cur.f_dat, f_ov, n), {})
-                r: _Index = (*_repack(cur.r_off, cur.r_dat, r_ov, n), {})
+                with _no_overflow():
+                    f: _Index = (*_repack(cur.f_off, cur.f_dat, f_ov, n), {})
+                    r: _Index = (*_repack(cur.r_off, cur.r_dat, r_ov, n), {})
                 return self._publish(Snapshot(it, f, r, revision, count))
             snap = Snapshot(
                 it, (cur.f_off, cur.f_dat, f_ov), (cur.r_off, cur.r_dat, r_ov), revision, count
@@ -415,6 +469,14 @@ class _Switch:
         if self.old is not None:
             sys.setswitchinterval(self.old)
             self.old = None
+
+
+@contextmanager
+def _no_overflow() -> Iterator[None]:
+    try:
+        yield
+    except OverflowError as e:  # a 4-byte offset overflowed
+        raise DeltaError("an index would hold more than 2**32 - 1 entries") from e
 
 
 def _same(cur: Snapshot, revision: int) -> Snapshot:
@@ -458,7 +520,7 @@ def _lookup(it: Interner, t: Tuple) -> tuple[int, int, int] | None:
 
 def _pack(groups: dict[int, list[int]], n: int) -> tuple[array[int], array[int]]:
     """Offsets (n + 1) and entries of `groups` (oid -> entries), each group sorted, deduped."""
-    off = array("q", [0])
+    off = array(_OFF, [0])
     dat = array("q")
     get = groups.get
     for oid in range(n):
@@ -511,7 +573,7 @@ def _repack(
     Unchanged runs of objects are copied by slices, a bounded number of entries per C call.
     """
     nb = len(off) - 1
-    new_off = array("q", [0])
+    new_off = array(_OFF, [0])
     new_dat = array("q")
 
     def copy(a: int, b: int) -> None:
