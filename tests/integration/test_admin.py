@@ -130,6 +130,20 @@ def test_only_an_admin_may_invite_and_a_refusal_writes_nothing(product: Factory)
     assert a.sor.rows("users", email="x@acme.example") == []
 
 
+def test_invited_to_a_second_tenant_before_registering(product: Factory) -> None:
+    a = product("kontomatik")
+    r1 = a.invite("ana@acme", "acme", "two@x.example", role="Viewer")
+    r2 = a.invite("bob@beta", "beta", "two@x.example", role="Technician")
+    assert r1.data["user"] == r2.data["user"] == "two@x.example"
+    a.accept(r1.data["token"], password="first password", mfa_enabled=True)
+    with pytest.raises(AdminError, match="wrong password"):
+        a.accept(r2.data["token"], password="someone else", mfa_enabled=True)
+    a.accept(r2.data["token"], password="first password", mfa_enabled=True)
+    assert allowed(a, "user:two@x.example", "view_import_data", "account:acme")
+    assert allowed(a, "user:two@x.example", "generate_api_key", "account:beta")
+    assert not allowed(a, "user:two@x.example", "view_import_data", "account:beta")
+
+
 def test_add_existing_user_to_another_tenant(product: Factory) -> None:
     a = product("kontomatik")
     assert not allowed(a, "user:ted@acme", "view_api_usage", "account:beta")

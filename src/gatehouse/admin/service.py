@@ -18,7 +18,7 @@ from typing import Any
 
 from gatehouse.admin.authz import Authorizer
 from gatehouse.admin.config import AdminConfig, AdminError
-from gatehouse.admin.secrets import hash_password, hash_token, new_token
+from gatehouse.admin.secrets import hash_password, hash_token, new_token, verify_password
 from gatehouse.graph.tuples import ID_PATTERN
 from gatehouse.model.errors import SchemaError
 from gatehouse.sor.store import RowError, SystemOfRecord, WriteTx
@@ -450,6 +450,9 @@ class Admin:
             changes: dict[str, Any] = dict(prof)
             if user["status"] == "invited":
                 changes.update(status="active", password_hash=hash_password(password))
+            elif not verify_password(password, user["password_hash"]):
+                # An existing account joins another tenant: prove it is theirs.
+                raise AdminError("wrong password for the existing account of this e-mail")
             if not user["first_name"] and "first_name" not in changes:
                 changes["first_name"] = inv["email"].split("@", 1)[0]
             changes["mfa_enabled"] = bool(mfa_enabled or user["mfa_enabled"])
