@@ -23,9 +23,11 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gatehouse.admin.config import load_config
+from gatehouse.admin.seed import complete
+from gatehouse.bundle.loader import load_bundle
 from gatehouse.sor.fixtures import load_fixture
 from gatehouse.sor.store import SystemOfRecord
-from gatehouse.sync.mapping import load_mapping
 
 DEFAULT_BUNDLES = pathlib.Path(__file__).resolve().parents[3] / "bundles"
 
@@ -108,15 +110,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def prepare_sor(url: str, bundle: pathlib.Path) -> int:
-    """Create the SQLite system of record and load the scenario's fixture as domain rows
-    (once: a data dir that already holds them is reused). Returns the SoR revision."""
+    """Create the SQLite system of record, load the scenario's fixture as domain rows and
+    complete the rows the admin workflows need (`gatehouse admin init --fixture`); once: a
+    data dir that already holds them is reused. Returns the SoR revision."""
     sor = SystemOfRecord(url)
     try:
         sor.create_schema()
         if sor.revision() == 0:
+            config = load_config(load_bundle(str(bundle)))
             fixture = yaml.safe_load((bundle / "fixture.yaml").read_text(encoding="utf-8"))
-            mapping = load_mapping(str(bundle / "mapping.yaml"))
-            load_fixture(sor, mapping, fixture.get("relationships") or [])
+            load_fixture(sor, config.mapping, fixture.get("relationships") or [])
+            complete(sor, config, actor="gatehouse-demo")
         return sor.revision()
     finally:
         sor.close()
@@ -196,7 +200,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  metrics      : http://127.0.0.1:{mport}/metrics (server)")
         print(f"                 http://127.0.0.1:{feed_mport}/metrics (sync worker)")
         print(f"  database     : {db_url}")
-        print(f"                 gatehouse admin --db {db_url} --bundle {bundle} --help")
+        print("  admin        : (paste these, then: gatehouse admin --help)")
+        print(f"    export GATEHOUSE_DB={shlex.quote(db_url)}")
+        print(f"    export GATEHOUSE_BUNDLE={shlex.quote(str(bundle))}")
         print(f"  data dir     : {work}")
         print("  try:")
         for c in examples:
