@@ -220,3 +220,18 @@ def test_cli_bundle_serve() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_rollback_only_with_the_explicit_override(served: tuple[Source, str]) -> None:
+    src, url = served
+    src.data = _signed(5)
+    strict, lenient = DecisionState(), DecisionState()
+    p1 = BundlePoller(url, strict, VERIFIER)
+    p2 = BundlePoller(url, lenient, VERIFIER, allow_rollback=True)
+    assert p1.poll_once().status == p2.poll_once().status == "activated"
+    src.data = _signed(4)
+    r = p1.poll_once()
+    assert (r.status, r.category) == ("rejected", "rollback")
+    assert strict.policy is not None and strict.policy.revision == 5
+    assert p2.poll_once().status == "activated"
+    assert lenient.policy is not None and lenient.policy.revision == 4

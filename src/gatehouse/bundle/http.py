@@ -113,7 +113,9 @@ class BundlePoller:
         timeout: float = 10.0,
         on_reject: RejectHook | None = None,
         on_current: Callable[[], object] | None = None,
+        allow_rollback: bool = False,
     ) -> None:
+        self.allow_rollback = allow_rollback
         self.url = url
         self.state = state
         self.verifier = verifier
@@ -187,7 +189,7 @@ class BundlePoller:
         except BundleError as e:
             return self._fail("rejected", "schema", str(e), revision)
         try:
-            activate(self.state, bundle)
+            activate(self.state, bundle, allow_rollback=self.allow_rollback)
         except AssertionsFailed as e:
             return self._fail("rejected", "assertions", str(e), revision)
         except (BundleError, PolicyRollback) as e:

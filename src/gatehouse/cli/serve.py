@@ -45,6 +45,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--poll-min", type=float, default=10.0, help="min seconds between polls")
     p.add_argument("--poll-max", type=float, default=20.0, help="max seconds between polls")
     p.add_argument("--pubkey", default=None, help="PEM public key: bundle signature required")
+    p.add_argument(
+        "--bundle-timeout", type=float, default=10.0, help="bundle download timeout in seconds"
+    )
+    p.add_argument(
+        "--allow-bundle-rollback",
+        action="store_true",
+        help="activate a bundle older than the active one (an explicit, logged override)",
+    )
     p.add_argument("--key-id", default="gatehouse", help="key id of --pubkey (%(default)s)")
     p.add_argument("--tuples", help="tuples file: one tuple per line, # comments (static data)")
     p.add_argument("--feed", default=None, help="sync worker HOST:PORT to follow (live data)")
@@ -136,7 +144,15 @@ def start_bundle_polling(
         args.state_dir,
         on_reject=on_reject,
         on_current=policy_freshness.touch if policy_freshness is not None else None,
+        timeout=args.bundle_timeout,
+        allow_rollback=args.allow_bundle_rollback,
     )
+    if args.allow_bundle_rollback:
+        print(
+            "gatehouse: WARNING: --allow-bundle-rollback: older bundle revisions will be activated",
+            file=sys.stderr,
+            flush=True,
+        )
     first = poller.poll_once()
     if first.status != "activated":
         restored = poller.restore_last_good()
