@@ -499,6 +499,7 @@ def test_xlsx_template_round_trip_and_exports(product: Factory, tmp_path: Path) 
     assert by_user["finn"]["fund access"] == "All funds: View; fund_ii: Edit"
     assert by_user["sara"]["fund access"] == "fund_i: Edit; fund_ii: View"
     assert by_user["adam"]["role"] == "Admin" and by_user["tina"]["access level"] == "none"
+    assert by_user["adam"]["access level"] == "Admin (all)"
     assert by_user["gil@northwind.example"]["status"] == "invited"
     p = export_users(a, "adam", "northwind", "profile")
     assert p.columns[:3] == ["joining date", "email", "language"]

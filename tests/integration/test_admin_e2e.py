@@ -23,6 +23,7 @@ from dbs import BACKENDS, Db, make_db
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.admin import Admin, AdminError, Denied, RemoteAuthorizer, load_config
+from gatehouse.admin.reports import preview
 from gatehouse.admin.seed import complete
 from gatehouse.bundle.loader import load_bundle
 from gatehouse.cli.demo import free_port
@@ -227,6 +228,13 @@ def test_aktek_freeze_and_unfreeze(db: Db, tmp_path: Path) -> None:
         assert not s.check("user:eve", "view", "dashboard:field_a/overview", r.revision)
         r = a.unfreeze("sam", "field_a", "eve")
         assert s.check("user:eve", "view", "dashboard:field_a/overview", r.revision)
+        # Preview through the server's Explain.
+        cells = {
+            c["permission"]: c
+            for c in preview(a, "sam", "field_a", "eve", resource="report:field_a/incidents")
+        }
+        assert cells["edit"]["allowed"] and cells["edit"]["decided_by"] == "role field_a/editor"
+        assert not cells["delete"]["allowed"]
 
 
 def test_kontomatik_invitee_has_no_access_until_registered(db: Db, tmp_path: Path) -> None:

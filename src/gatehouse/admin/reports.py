@@ -159,8 +159,9 @@ def export_users(admin: Admin, actor: str, tenant: str, view: str = "audit") -> 
                 if cur is None or rank[g["level"]] > rank[cur]:
                     fund_access[key] = g["level"]
         best = max(fund_access.values(), key=lambda lv: rank[lv], default=None)
-        if "admin" in roles and acc is not None:
-            best_label = "Admin (all)"
+        admin_role = next((r for r in roles if r in cfg.roles.guard), None)
+        if admin_role is not None and acc is not None and cfg.roles.model == "fixed":
+            best_label = f"{role_names.get(admin_role, admin_role)} (all)"
         else:
             best_label = label.get(best, "") if best else ("none" if acc else "")
         rows.append(

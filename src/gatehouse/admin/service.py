@@ -1144,13 +1144,16 @@ class Admin:
             self._not_default(row, "deleted")
             gid = row["id"]
             self._authorize(tx, actor, "groups.delete", row["tenant_id"])
-            members = tx.delete_where("group_members", group_id=gid)
-            parents = tx.delete_where("group_members", member_type=g.nested_type, member_id=gid)
-            grants = tx.delete_where("access_grants", subject_type=g.kind, subject_id=gid)
-            grants += tx.delete_where("access_grants", subject_type=g.nested_type, subject_id=gid)
-            assigned = tx.delete_where("assignments", assignee_type=g.kind, assignee_id=gid)
-            roles = tx.delete_where("role_bindings", subject_type=g.kind, subject_id=gid)
-            tx.delete("groups", id=gid)
+            with self._guarded(tx, [row["tenant_id"]]):
+                members = tx.delete_where("group_members", group_id=gid)
+                parents = tx.delete_where("group_members", member_type=g.nested_type, member_id=gid)
+                grants = tx.delete_where("access_grants", subject_type=g.kind, subject_id=gid)
+                grants += tx.delete_where(
+                    "access_grants", subject_type=g.nested_type, subject_id=gid
+                )
+                assigned = tx.delete_where("assignments", assignee_type=g.kind, assignee_id=gid)
+                roles = tx.delete_where("role_bindings", subject_type=g.kind, subject_id=gid)
+                tx.delete("groups", id=gid)
             tx.audit(
                 actor,
                 f"{g.kind}.delete",
@@ -1261,11 +1264,10 @@ class Admin:
                 mtype = g.nested_type
             else:
                 mid = self._user(tx, mid)["id"]
-            if (
-                tx.delete("group_members", group_id=row["id"], member_type=mtype, member_id=mid)
-                is None
-            ):
-                raise AdminError(f"{mid} is not in {row['id']}")
+            with self._guarded(tx, [row["tenant_id"]]):
+                key = {"group_id": row["id"], "member_type": mtype, "member_id": mid}
+                if tx.delete("group_members", **key) is None:
+                    raise AdminError(f"{mid} is not in {row['id']}")
             ttype, tid = ("user", mid) if mtype == "user" else (g.kind, str(row["id"]))
             tx.audit(
                 actor,
