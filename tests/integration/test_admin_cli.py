@@ -5,8 +5,12 @@ clear message on stderr, a non-zero exit and writes nothing."""
 from __future__ import annotations
 
 import csv
+import email
+import email.policy
 import io
 import json
+import socketserver
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,3 +209,67 @@ def test_preview_and_roles_output(db: Db, capsys: pytest.CaptureFixture[str]) ->
     assert "updated role field_a/editor" in out
     code, out, err = run(capsys, "user", "freeze", "field_a", "hana", *base, "--as", "sam")
     assert code == 1 and "immune against freezing" in err
+
+
+class _Smtp(socketserver.StreamRequestHandler):
+    """Just enough SMTP for smtplib.send_message; keeps each message's DATA."""
+
+    inbox: list[str] = []
+
+    def handle(self) -> None:
+        self.wfile.write(b"220 test ESMTP\r\n")
+        while line := self.rfile.readline():
+            cmd = line.decode().strip().upper()
+            if cmd.startswith(("EHLO", "HELO")):
+                self.wfile.write(b"250 test\r\n")
+            elif cmd == "DATA":
+                self.wfile.write(b"354 go on\r\n")
+                data = []
+                while (part := self.rfile.readline()) not in (b".\r\n", b""):
+                    data.append(part.decode())
+                self.inbox.append("".join(data))
+                self.wfile.write(b"250 queued\r\n")
+            elif cmd == "QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+
+def test_invitation_is_mailed_when_a_mail_server_is_configured(
+    ontra: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _Smtp.inbox = []
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Smtp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        smtp = f"127.0.0.1:{server.server_address[1]}"
+        code, out, err = run(capsys, "user", "invite", "northwind", "mo@northwind.example",
+                             "--smtp", smtp, *ontra, "--as", "adam")  # fmt: skip
+        assert code == 0, err
+        assert "sent to mo@northwind.example" in out and "pass this link on" not in out
+    finally:
+        server.shutdown()
+        server.server_close()
+    (raw,) = _Smtp.inbox
+    mail = email.message_from_string(raw, policy=email.policy.default)
+    assert mail["To"] == "mo@northwind.example"
+    body = mail.get_content()  # type: ignore[attr-defined]
+    token = body.split("https://app.ontra.example/invitation/", 1)[1].split()[0]
+    code, out, err = run(capsys, "user", "accept", token, "--password-file", "-", *ontra,
+                         stdin="long password\n")  # fmt: skip
+    assert code == 0, err
+
+
+def test_unreachable_decision_server_refuses(
+    ontra: list[str], db: Db, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gatehouse.cli.demo import free_port
+
+    before = revision(db)
+    addr = f"127.0.0.1:{free_port()}"
+    code, out, err = run(capsys, "user", "invite", "northwind", "x@northwind.example", *ontra,
+                         "--as", "adam", "--addr", addr, "--timeout", "0.5")  # fmt: skip
+    assert code == 3 and out == ""
+    assert "no authorization decision" in err and "UNAVAILABLE" in err
+    assert revision(db) == before
