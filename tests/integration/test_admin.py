@@ -321,8 +321,12 @@ def test_aktek_freeze_unfreeze_and_immunity(product: Factory) -> None:
     assert not allowed(a, "user:eve", "view", "dashboard:field_a/overview")
     a.unfreeze("sam", "field_a", "eve")
     assert allowed(a, "user:eve", "view", "dashboard:field_a/overview")
+
+
+def test_freeze_is_refused_where_the_product_has_none(product: Factory) -> None:
+    a = product("ontra")
     with pytest.raises(AdminError, match="no freezing"):
-        product("ontra").freeze("adam", "northwind", "sara")
+        a.freeze("adam", "northwind", "sara")
 
 
 def test_aktek_child_companies_agency_and_account_managers(product: Factory) -> None:
