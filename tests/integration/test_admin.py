@@ -323,6 +323,17 @@ def test_aktek_freeze_unfreeze_and_immunity(product: Factory) -> None:
     assert allowed(a, "user:eve", "view", "dashboard:field_a/overview")
 
 
+def test_preview_names_fixed_roles(product: Factory) -> None:
+    a = product("kontomatik")
+    cells = {c["permission"]: c for c in preview(a, "ana@acme", "acme", "ted@acme")}
+    assert cells["generate_api_key"]["allowed"]
+    assert cells["generate_api_key"]["decided_by"] == "role Technician (account:acme)"
+    assert not cells["view_import_data"]["allowed"]
+    assert cells["view_import_data"]["decided_by"] == "no role or rule allows it"
+    with pytest.raises(AdminError, match="not account:acme"):
+        preview(a, "ana@acme", "acme", "ted@acme", resource="account:beta")
+
+
 def test_freeze_is_refused_where_the_product_has_none(product: Factory) -> None:
     a = product("ontra")
     with pytest.raises(AdminError, match="no freezing"):

@@ -340,10 +340,27 @@ def preview(
                 "resource": res,
                 "permission": perm,
                 "allowed": ans.allowed,
-                "decided_by": decided_by(ans.allowed, proof),
+                "decided_by": _name_roles(admin, decided_by(ans.allowed, proof)),
             }
         )
     return out
+
+
+def _name_roles(admin: Admin, why: str) -> str:
+    """Fixed roles are relations on the tenant (account:acme#admin@user:ana): name them."""
+    cfg = admin.config
+    if cfg.roles.model != "fixed":
+        return why
+    out = []
+    for part in why.split(", "):
+        obj, _, rest = part.partition("#")
+        rel = rest.split("@", 1)[0]
+        t = cfg.roles.templates.get(rel)
+        if obj.startswith(f"{cfg.tenant_type}:") and t is not None and "@" in rest:
+            out.append(f"role {t.name} ({obj})")
+        else:
+            out.append(part)
+    return ", ".join(out)
 
 
 def _tenant_of(admin: Admin, rtype: str, rid: str, depth: int = 0) -> str:
