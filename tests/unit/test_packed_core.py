@@ -204,7 +204,7 @@ def test_store_matches_set_model(
     old_run = store_mod._RUN
     store_mod._RUN = 2  # exercise the cut-up copy of unchanged runs when repacking
     try:
-        store = GraphStore(min_compaction=min_compaction)
+        store = GraphStore(min_compaction=min_compaction, background_compaction=False)
         snap = store.load(start, revision=1)
         model = set(start)
         history = [(snap, set(model))]
@@ -223,7 +223,7 @@ def test_store_matches_set_model(
 
 
 def test_repack_pads_objects_interned_after_the_base() -> None:
-    store = GraphStore(min_compaction=0)
+    store = GraphStore(min_compaction=0, background_compaction=False)
     store.load(["fund:a#viewer@user:u1"], revision=1)
     # new objects on both sides, then a compaction folds them into the packed base
     snap = store.apply(Delta.of(["fund:z#viewer@user:u9", "fund:a#viewer@user:u8"]))
@@ -244,3 +244,22 @@ def test_switch_interval_restored() -> None:
     with pytest.raises(store_mod.DeltaError):
         store.apply(Delta.of(["fund:a#viewer@user:u3"]), revision=1)
     assert sys.getswitchinterval() == before
+
+
+def test_background_compaction_keeps_later_deltas() -> None:
+    """Deltas applied while a compaction runs survive it; contents never change."""
+    store = GraphStore(min_compaction=2)
+    model = {f"fund:f{i}#viewer@user:u{i}" for i in range(50)}
+    store.load(sorted(model), revision=1)
+    for step in range(30):
+        writes = [f"fund:f{step}#editor@user:u{j}" for j in range(step % 4 + 1)]
+        deletes = [f"fund:f{step}#viewer@user:u{step}"]
+        snap = store.apply(Delta.of(writes, deletes))
+        model = (model - set(deletes)) | set(writes)
+        assert sorted(snap.tuples()) == sorted(model)
+    assert store.wait_compacted(10)
+    final = store.current
+    assert final.revision == 31
+    assert sorted(final.tuples()) == sorted(model)
+    assert final.count == len(model)
+    _model_indexes(final, model)

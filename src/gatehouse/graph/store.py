@@ -338,10 +338,16 @@ class GraphStore:
     `current` is replaced by a single attribute assignment, so a reader sees either the old
     snapshot or the new one. Writers are serialised by a lock; readers never take it.
 
-    `switch_interval` (seconds, default 0.5 ms): while a load or delta is being built, the
-    interpreter's thread switch interval is lowered to at most this, so reader threads
-    sharing the GIL wait that long for it rather than Python's default 5 ms; the previous
-    value is restored afterwards. None leaves the interpreter setting alone.
+    `switch_interval` (seconds, default 0.5 ms): while a load, delta or compaction is being
+    built, the interpreter's thread switch interval is lowered to at most this, so reader
+    threads sharing the GIL wait that long for it rather than Python's default 5 ms; the
+    previous value is restored afterwards. None leaves the interpreter setting alone.
+
+    Compaction (folding the overlay into a new packed base once it holds more groups than
+    `min_compaction` or `compaction_ratio` of the objects) runs on a background thread when
+    `background_compaction` is true, so `apply` never pays for it: the thread packs a
+    snapshot's base and overlay, then, under the write lock, publishes the new base with
+    the groups changed since that snapshot as its overlay (same revision, same contents).
     """
 
     def __init__(
@@ -349,6 +355,7 @@ class GraphStore:
         compaction_ratio: float = 0.125,
         min_compaction: int = 4096,
         switch_interval: float | None = 0.0005,
+        background_compaction: bool = True,
     ) -> None:
         self.interner = Interner()
         self._write_lock = threading.Lock()
@@ -356,6 +363,10 @@ class GraphStore:
         self.compaction_ratio = compaction_ratio
         self.min_compaction = min_compaction
         self.switch_interval = switch_interval
+        self.background_compaction = background_compaction
+        self._compacting = False
+        self._compacted = threading.Event()
+        self._compacted.set()
         f: _Index = (array(_OFF, [0]), array("q"), {})
         r: _Index = (array(_OFF, [0]), array("q"), {})
         self.current = Snapshot(self.interner, f, r, 0, 0)
@@ -421,7 +432,6 @@ class GraphStore:
                         net[k] = False
                 for t in delta.writes:
                     net[_intern(it, t)] = True
-                n = len(it.names)
             # oid -> (adds, removes) of forward / reverse entries
             f_ch: dict[int, tuple[set[int], set[int]]] = {}
             r_ch: dict[int, tuple[set[int], set[int]]] = {}
@@ -437,16 +447,61 @@ class GraphStore:
             f_ov = _merge(cur.f_ov, cur.f_off, cur.f_dat, f_ch)
             r_ov = _merge(cur.r_ov, cur.r_off, cur.r_dat, r_ch)
             count = cur.count + delta_count
-            limit = max(self.min_compaction, int((cur.nf + cur.nr) * self.compaction_ratio))
-            if len(f_ov) + len(r_ov) > limit:
-                with _no_overflow():
-                    f: _Index = (*_repack(cur.f_off, cur.f_dat, f_ov, n), {})
-                    r: _Index = (*_repack(cur.r_off, cur.r_dat, r_ov, n), {})
-                return self._publish(Snapshot(it, f, r, revision, count))
             snap = Snapshot(
                 it, (cur.f_off, cur.f_dat, f_ov), (cur.r_off, cur.r_dat, r_ov), revision, count
             )
-            return self._publish(snap)
+            self._publish(snap)
+            limit = max(self.min_compaction, int((cur.nf + cur.nr) * self.compaction_ratio))
+            if len(f_ov) + len(r_ov) > limit and not self._compacting:
+                self._compacting = True
+                self._compacted.clear()
+                if not self.background_compaction:
+                    self._compact(snap, locked=True)
+                    return self.current
+                threading.Thread(
+                    target=self._compact, args=(snap,), name="gatehouse-compact", daemon=True
+                ).start()
+            return snap
+
+    def wait_compacted(self, timeout: float | None = None) -> bool:
+        """Block until no compaction is running; False on timeout."""
+        return self._compacted.wait(timeout)
+
+    def _compact(self, snap: Snapshot, locked: bool = False) -> None:
+        """Fold `snap`'s overlay into a new packed base and publish it over `current`."""
+        try:
+            with _Switch(self.switch_interval):
+                n = len(self.interner.names)
+                try:
+                    with _no_overflow():
+                        f_off, f_dat = _repack(snap.f_off, snap.f_dat, snap.f_ov, n)
+                        r_off, r_dat = _repack(snap.r_off, snap.r_dat, snap.r_ov, n)
+                except DeltaError:
+                    return  # too big for 4-byte offsets: keep serving from the overlay
+                if locked:
+                    self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
+                else:
+                    with self._write_lock:
+                        self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
+        finally:
+            self._compacting = False
+            self._compacted.set()
+
+    def _swap_base(
+        self,
+        snap: Snapshot,
+        f: tuple[array[int], array[int]],
+        r: tuple[array[int], array[int]],
+    ) -> None:
+        """Publish the packed `f`/`r` (built from `snap`) as the base of `current`."""
+        cur = self.current
+        if cur.f_dat is not snap.f_dat or cur.r_dat is not snap.r_dat:
+            return  # a load replaced the graph meanwhile: this base is stale
+        # Groups replaced after `snap` are new objects: they stay in the overlay.
+        sf, sr = snap.f_ov, snap.r_ov
+        f_ov = {o: g for o, g in cur.f_ov.items() if sf.get(o) is not g}
+        r_ov = {o: g for o, g in cur.r_ov.items() if sr.get(o) is not g}
+        self._publish(Snapshot(cur.interner, (*f, f_ov), (*r, r_ov), cur.revision, cur.count))
 
 
 class _Switch:
