@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -168,11 +169,16 @@ class FeedFollower:
         self._persisted = snap.revision
 
     def _persist_loop(self) -> None:
-        while not self._stop.wait(self.persist_every):
+        wait = self.persist_every
+        while not self._stop.wait(wait):
+            t0 = time.monotonic()
             try:
                 self.persist()
             except OSError as e:
                 log.error("cannot persist the data snapshot: %s", e)
+            # Writing a big graph holds the GIL for a while: spend at most ~10% of the time
+            # persisting, however often the data changes.
+            wait = max(self.persist_every, 10 * (time.monotonic() - t0))
 
     def _run(self) -> None:
         backoff = self.backoff_min
