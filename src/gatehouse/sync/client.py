@@ -8,6 +8,7 @@ to `data_dir` (temp file, fsync, rename, with a checksum) and a restart resumes 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -42,18 +43,24 @@ def write_snapshot(path: str, revision: int, tuples: Iterable[str]) -> None:
     """Write atomically: readers (and a crash) see the old file or the complete new one."""
     h = hashlib.sha256()
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        head = f"{_MAGIC} revision={revision}\n"
-        f.write(head)
-        h.update(head.encode())
-        for t in tuples:
-            line = t + "\n"
-            f.write(line)
-            h.update(line.encode())
-        f.write(f"# sha256={h.hexdigest()}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            head = f"{_MAGIC} revision={revision}\n"
+            f.write(head)
+            h.update(head.encode())
+            for t in tuples:
+                line = t + "\n"
+                f.write(line)
+                h.update(line.encode())
+            f.write(f"# sha256={h.hexdigest()}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk must not leave a half-written temp file (the old snapshot stays valid).
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(dfd)
