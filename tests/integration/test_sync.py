@@ -443,3 +443,20 @@ def test_at_least_revision_is_never_answered_from_older_data(
     finally:
         server.stop(0.5)
         f.stop()
+
+
+def test_a_failed_persist_keeps_the_previous_snapshot(tmp_path: Path) -> None:
+    """RELIABILITY T24 in miniature: the disk fills up half-way through a write."""
+    import errno
+
+    path = str(tmp_path / DATA_FILE)
+    write_snapshot(path, 3, ["doc:d#viewer@user:a"])
+
+    def filling_up() -> Iterator[str]:
+        yield "doc:d#viewer@user:b"
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        write_snapshot(path, 4, filling_up())
+    assert read_snapshot(path) == (3, ["doc:d#viewer@user:a"])
+    assert os.listdir(tmp_path) == [DATA_FILE]
