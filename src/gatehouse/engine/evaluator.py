@@ -12,7 +12,6 @@ from gatehouse.graph.store import (
     F_REL,
     F_STEP,
     F_US,
-    OID_MASK,
     R_REL,
     R_STEP,
     REL_BITS,
@@ -200,7 +199,7 @@ class Evaluator:
             if oid is None:
                 return Decision(False, snap.revision, "no_path")
             s = look(f"{subject.type}:{subject.id}")
-            w = look(f"{subject.type}:*")
+            w = it.wildcards.get(subject.type)
             fq = _FastQuery(
                 snap,
                 -1 if s is None else s << REL_BITS,
@@ -395,74 +394,144 @@ class Evaluator:
         # Compile targets first: a plan whose compilation fails falls back to the walk.
         for tname in sorted(self.schema.types):
             for name in self.schema.members(tname):
-                node = self._compile_member(prog, tname, name, set())
+                node = self._compile_member(prog, tname, (name,), set())
                 prog.fns[(tname, name)] = None if node is None else prog.entry(node)
         self._prog = prog
         return prog
 
     def _compile_member(
-        self, prog: _Program, tname: str, name: str, active: set[tuple[str, str]]
+        self, prog: _Program, tname: str, names: tuple[str, ...], active: set[tuple[str, str]]
     ) -> _Node | None:
-        key = (tname, name)
+        """The node for members `names` of `tname` evaluated in order, as one union.
+
+        One name is an ordinary member; several are the targets of adjacent arrows over the
+        same relation, merged so their shared parts are read once.
+        """
+        key = (tname, names)
         if key in prog.compiled:
             return prog.compiled[key]
-        if key in active:
+        keys = [(tname, n) for n in names]
+        if any(k in active for k in keys):
             return None  # recursion through arrows: data may cycle, use the general walk
-        plan = self.schema.plan(tname, name)
-        if plan is None:
-            return None
-        active.add(key)
+        items: list[Plan] = []
+        for n in names:
+            plan = self.schema.plan(tname, n)
+            got = None if plan is None else self._flatten(plan)
+            if got is None:
+                prog.compiled[key] = None
+                return None
+            items += got
+        active.update(keys)
         try:
-            node = self._compile(prog, plan, active)
+            node = self._build(prog, items, active)
         finally:
-            active.discard(key)
-        if node is not None:
-            depth = prog.depth_of(node)
-            if depth >= self.max_depth:
-                node = None  # the general walk reports DepthExceeded for this shape
+            active.difference_update(keys)
+        if node is not None and prog.depth_of(node) >= self.max_depth:
+            node = None  # the general walk reports DepthExceeded for this shape
         prog.compiled[key] = node
         return node
 
-    def _compile(self, prog: _Program, plan: Plan, active: set[tuple[str, str]]) -> _Node | None:
-        it = prog.it
+    def _flatten(self, plan: Plan) -> list[Plan] | None:
+        """The relations and arrows a union of same-object rules reads, in walk order."""
         kind = type(plan)
-        if kind is RelPlan:
-            assert isinstance(plan, RelPlan)
-            return _rel_node(prog, it.rids.get(plan.key), plan.key)
+        if kind is RelPlan or kind is ArrowPlan:
+            return [plan]
         if kind is UnionPlan:
             assert isinstance(plan, UnionPlan)
-            kids: list[_Node] = []
+            out: list[Plan] = []
             for c in plan.children:
-                k = self._compile(prog, c, active)
-                if k is None:
+                got = self._flatten(c)
+                if got is None:
                     return None
-                kids.append(k)
-            return _union_node(prog, kids)
+                out += got
+            return out
         if kind is CallPlan:
             assert isinstance(plan, CallPlan)
             target = self._call(plan)
-            if target is None:
-                return _nil_node(prog)
-            return self._compile_member(prog, plan.type, plan.name, active)
-        if kind is ArrowPlan:
-            assert isinstance(plan, ArrowPlan)
-            rid = it.rids.get(plan.key)
-            if rid is None:
-                return _nil_node(prog)
+            return [] if target is None else self._flatten(target)
+        return None  # intersections, exclusions and nil plans take the general walk
+
+    def _build(
+        self, prog: _Program, items: list[Plan], active: set[tuple[str, str]]
+    ) -> _Node | None:
+        # A relation or arrow already read on this object answered None (or the walk would
+        # have stopped), and reads are deterministic: later copies are dropped.
+        flat: list[Plan] = []
+        seen: set[tuple[str, str]] = set()
+        for p in items:
+            if isinstance(p, RelPlan):
+                k = (p.key, "")
+            else:
+                assert isinstance(p, ArrowPlan)
+                k = (p.key, p.computed)
+            if k not in seen:
+                seen.add(k)
+                flat.append(p)
+        nodes: list[_Node] = []
+        j = 0
+        while j < len(flat):
+            p = flat[j]
+            j += 1
+            if isinstance(p, RelPlan):
+                nodes.append(_rel_node(prog, prog.it.rids.get(p.key), p.key))
+                continue
+            assert isinstance(p, ArrowPlan)
+            group = [p]
+            while j < len(flat):
+                nxt = flat[j]
+                if not isinstance(nxt, ArrowPlan) or nxt.key != p.key:
+                    break
+                group.append(nxt)
+                j += 1
+            node = self._arrows(prog, group, active)
+            if node is None:
+                return None
+            nodes.append(node)
+        if not nodes:
+            return _nil_node(prog)
+        return _union_node(prog, nodes)
+
+    def _arrows(
+        self, prog: _Program, group: list[ArrowPlan], active: set[tuple[str, str]]
+    ) -> _Node | None:
+        """Adjacent arrows over one relation: each alone, and merged for a single target."""
+        it = prog.it
+        rid = it.rids.get(group[0].key)
+        if rid is None:
+            return _nil_node(prog)
+        type_names = list(it.type_names)
+        singles: list[_Node] = []
+        depth = 0
+        for p in group:
             targets: dict[int, _Entry] = {}
             skip: set[int] = set()
-            depth = 0
-            for tid, tname in enumerate(list(it.type_names)):
-                if self.schema.plan(tname, plan.computed) is None:
+            for tid, tname in enumerate(type_names):
+                if self.schema.plan(tname, p.computed) is None:
                     skip.add(tid)  # no such member there: the walk skips the edge
                     continue
-                node = self._compile_member(prog, tname, plan.computed, active)
+                node = self._compile_member(prog, tname, (p.computed,), active)
                 if node is None:
                     return None
                 targets[tid] = prog.entry(node)
                 depth = max(depth, prog.depth_of(node))
-            return _arrow_node(prog, rid, plan.tupleset, targets, frozenset(skip), depth + 1)
-        return None  # intersections, exclusions and nil plans take the general walk
+            singles.append(_arrow_node(prog, rid, p.tupleset, targets, frozenset(skip), depth + 1))
+        if len(singles) == 1:
+            return singles[0]
+        merged: dict[int, _Entry] = {}
+        mskip: set[int] = set()
+        for tid, tname in enumerate(type_names):
+            names = tuple(p.computed for p in group if self.schema.plan(tname, p.computed))
+            if not names:
+                mskip.add(tid)
+                continue
+            node = self._compile_member(prog, tname, names, active)
+            if node is None:
+                return None
+            merged[tid] = prog.entry(node)
+            depth = max(depth, prog.depth_of(node))
+        return _multi_arrow_node(
+            prog, rid, group[0].tupleset, merged, frozenset(mskip), singles, depth + 1
+        )
 
     # list-allowed ----------------------------------------------------------------
     def list_allowed(
@@ -874,7 +943,7 @@ class _Program:
         self.fns: dict[tuple[str, str], _Entry | None] = {}
         self.entries: dict[int, _Entry] = {}
         self.slots: dict[int, int] = {}
-        self.compiled: dict[tuple[str, str], _Node | None] = {}
+        self.compiled: dict[tuple[str, tuple[str, ...]], _Node | None] = {}
         self.closed_rids: set[int] = set()
         self.other_rids: set[int] = set()
         self.closure_rids: list[int] = []
@@ -1074,6 +1143,55 @@ def _arrow_node(
     return prog.keep(arrow, depth)
 
 
+def _multi_arrow_node(
+    prog: _Program,
+    rid: int,
+    tupleset: str,
+    targets: dict[int, _Entry],
+    skip: frozenset[int],
+    singles: list[_Node],
+    depth: int,
+) -> _Node:
+    """Arrows `rel->a`, `rel->b`, ... in a row. With one target object the walk's order is
+    a(t), b(t), ...: one merged node there. With several it is a(t1), a(t2), b(t1), ...:
+    each arrow in turn."""
+    it = prog.it
+    obj_type = it.obj_type
+    names = it.names
+    slots = {tid: prog.slot(f) for tid, f in targets.items()}
+    base = rid << F_REL
+    ubase = base | F_US
+
+    def multi(q: _FastQuery, arr: array[int], lo: int, hi: int) -> str | None:
+        a = bisect_left(arr, base, lo, hi)
+        if a == hi or arr[a] >= ubase:
+            return None
+        if a + 1 < hi and arr[a + 1] < ubase:
+            for s in singles:
+                r = s(q, arr, lo, hi)
+                if r is not None:
+                    return r
+            return None
+        toid = (arr[a] & SK_MASK) >> REL_BITS
+        tid = obj_type[toid]
+        f = targets.get(tid)
+        if f is None:
+            if tid in skip:
+                return None
+            raise _Fallback  # a type interned after compilation
+        memo = q.memo
+        mk = toid << 16 | slots[tid]
+        if mk in memo:
+            r = memo[mk]
+        else:
+            r = memo[mk] = f(q, toid)
+        if r is not None:
+            return f"{tupleset}->{names[toid]} > {r}"
+        return None
+
+    return prog.keep(multi, depth)
+
+
 def _closure_of(
     snap: Snapshot, sk: int, wk: int, rids: list[int], max_depth: int
 ) -> tuple[set[int], bool]:
@@ -1127,8 +1245,6 @@ def _closure_packed(
                     continue
                 lo = r_off[soid]
                 hi = r_off[soid + 1]
-                if lo == hi:
-                    continue
                 arr = r_dat
             else:
                 lo = 0
@@ -1137,16 +1253,16 @@ def _closure_packed(
             for r in rids:
                 start = (srid | r) << R_REL
                 a = bisect_left(arr, start, lo, hi)
+                if a == hi:
+                    continue
                 stop = start + R_STEP
-                while a < hi:
-                    x = arr[a]
-                    if x >= stop:
-                        break
-                    uk = (x & OID_MASK) << REL_BITS | r
+                if arr[a] >= stop:
+                    continue
+                for x in arr[a : bisect_left(arr, stop, a, hi)]:
+                    uk = (x - start) << REL_BITS | r
                     if uk not in keys:
                         keys.add(uk)
                         nxt.append(uk)
-                    a += 1
         frontier = nxt
         level += 1
     return keys, bool(frontier)

@@ -86,6 +86,7 @@ class Interner:
         self.type_names: list[str] = []
         self.rids: dict[str, int] = {"": 0}
         self.rel_names: list[str] = [""]
+        self.wildcards: dict[str, int] = {}  # type name -> oid of "type:*"
 
     # lookups (lock-free) ----------------------------------------------------
     def oid(self, obj: str) -> int | None:
@@ -148,6 +149,8 @@ class Interner:
             self._grow()
         else:
             slots[i] = oid
+        if obj.endswith(":*"):
+            self.wildcards[tname] = oid
         return oid
 
     def _grow(self) -> None:
