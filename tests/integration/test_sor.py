@@ -8,14 +8,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from dbs import BACKENDS, PG_URL, Db, make_db
+from dbs import PG_URL
 from sqlalchemy import create_engine, text
 
 from gatehouse.sor.fixtures import load_fixture
@@ -27,19 +26,6 @@ from gatehouse.sync.worker import SyncWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = ["kontomatik", "ontra", "infosum", "importers", "aktek"]
-
-
-@pytest.fixture(params=BACKENDS)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
-    yield from make_db(request.param, tmp_path)
-
-
-@pytest.fixture
-def sor(db: Db) -> Iterator[SystemOfRecord]:
-    s = db.sor()
-    s.create_schema()
-    yield s
-    s.close()
 
 
 def test_changes_are_logged_per_transaction_with_before_and_after(sor: SystemOfRecord) -> None:

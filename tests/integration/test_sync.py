@@ -11,7 +11,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from dbs import BACKENDS, Db, make_db
 from sqlalchemy import insert
 
 from gatehouse.engine.state import DecisionState
@@ -53,19 +52,6 @@ tables:
           cases: {user: "user:{subject_id}", group: "group:{subject_id}#member"}
 """
 )
-
-
-@pytest.fixture(params=BACKENDS)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
-    yield from make_db(request.param, tmp_path)
-
-
-@pytest.fixture
-def sor(db: Db) -> Iterator[SystemOfRecord]:
-    s = db.sor()
-    s.create_schema()
-    yield s
-    s.close()
 
 
 @pytest.fixture

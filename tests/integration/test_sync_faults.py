@@ -11,12 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from dbs import BACKENDS, PG_URL, Db, make_db
+from dbs import PG_URL, Db, make_db
 from tcp_proxy import TcpProxy
 
 from gatehouse.cli.demo import free_port
@@ -30,11 +29,6 @@ BUNDLE = ROOT / "bundles" / "ontra"
 MAPPING = load_mapping(str(BUNDLE / "mapping.yaml"))
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=BACKENDS)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
-    yield from make_db(request.param, tmp_path)
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:

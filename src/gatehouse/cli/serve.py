@@ -11,16 +11,15 @@ import argparse
 import os
 import pathlib
 import random
-import signal
 import sys
 import threading
-from types import FrameType
 from typing import Any
 
 from gatehouse.bundle.activation import activate
 from gatehouse.bundle.http import BundlePoller
 from gatehouse.bundle.loader import load_bundle
 from gatehouse.bundle.signing import Verifier, load_public_key
+from gatehouse.cli._signals import wait_for_termination
 from gatehouse.cli._supervise import supervise
 from gatehouse.config import ConfigError, Option, prepare_parser, resolve_namespace
 from gatehouse.engine.state import DecisionState
@@ -305,13 +304,6 @@ def run_worker(settings: dict[str, Any], index: int) -> int:
     except Exception as e:
         print(f"gatehouse serve: {e}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     host = args.listen.rpartition(":")[0] if args.listen else ""
     where = [f"{host}:{handle.port}" if args.listen else "", args.unix or ""]
     who = f"worker {index} (pid {os.getpid()}) " if multi else ""
@@ -319,8 +311,7 @@ def run_worker(settings: dict[str, Any], index: int) -> int:
     if handle.metrics_port is not None:
         msg += f", metrics on {args.metrics_host}:{handle.metrics_port}"
     print(msg, file=sys.stderr, flush=True)
-    while not stop.wait(1.0):
-        pass
+    wait_for_termination()
     print(f"gatehouse: {who}shutting down", file=sys.stderr, flush=True)
     handle.stop(args.grace)
     if follower is not None:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
-from types import FrameType
 from typing import Any
 
 from gatehouse.bundle.loader import load_bundle
+from gatehouse.cli._signals import wait_for_termination
 from gatehouse.model.compiler import CompiledSchema
 from gatehouse.sor.store import SystemOfRecord
 from gatehouse.sync.feed import serve_feed
@@ -86,20 +84,12 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:
         print(f"gatehouse sync: {e}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     host = args.listen.rpartition(":")[0]
     msg = f"gatehouse sync: feed on {host}:{handle.port}"
     if handle.metrics_port is not None:
         msg += f", metrics on {args.metrics_host}:{handle.metrics_port}"
     print(msg, file=sys.stderr, flush=True)
-    while not stop.wait(1.0):
-        pass
+    wait_for_termination()
     handle.stop(1.0)
     worker.stop()
     sor.close()

@@ -103,6 +103,16 @@ class Projection:
                     counts[t] = counts.get(t, 0) + 1
         return counts
 
+    def read(self, sor: SystemOfRecord) -> tuple[int, dict[str, int]]:
+        """(revision, tuple counts) of every mapped row, read in one SoR transaction."""
+        rev = 0
+        chunks: list[tuple[str, list[dict[str, object]]]] = []
+        for r, table, rows in sor.snapshot(self.mapping.tables):
+            rev = r
+            if rows:
+                chunks.append((table, rows))
+        return rev, self.expected(chunks)
+
     def apply(self, txn: Transaction) -> FeedDelta:
         before: dict[str, bool] = {}
         counts = self.counts
@@ -200,13 +210,7 @@ class SyncWorker:
         self.metrics.revision.set(delta.revision)
 
     def _initial(self) -> None:
-        rev = 0
-        chunks: list[tuple[str, list[dict[str, object]]]] = []
-        for r, table, rows in self.sor.snapshot(self.projection.mapping.tables):
-            rev = r
-            if rows:
-                chunks.append((table, rows))
-        counts = self.projection.expected(chunks)
+        rev, counts = self.projection.read(self.sor)
         with self.cond:
             self.projection.counts = counts
             self.revision = rev
@@ -255,15 +259,9 @@ class SyncWorker:
     def reconcile(self) -> int:
         """Re-read everything, repair drift, return the number of repaired tuples. Runs on
         the tail thread (or before it starts)."""
-        chunks: list[tuple[str, list[dict[str, object]]]] = []
-        snap_rev = 0
-        for r, table, rows in self.sor.snapshot(self.projection.mapping.tables):
-            snap_rev = r
-            if rows:
-                chunks.append((table, rows))
+        snap_rev, expected = self.projection.read(self.sor)
+        self.projection.rejected = 0  # bad rows were counted when they changed
         self._tail(upto=snap_rev)
-        expected = self.projection.expected(chunks)
-        self.projection.rejected = 0  # already counted when the rows changed
         current = self.projection.counts
         writes = {t for t in expected if t not in current}
         deletes = {t for t in current if t not in expected}
