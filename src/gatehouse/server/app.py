@@ -16,7 +16,7 @@ from gatehouse.engine.cursor import CursorCodec
 from gatehouse.engine.state import DecisionState
 from gatehouse.observability.decision_log import DecisionLog
 from gatehouse.server.cache import make_checker
-from gatehouse.server.metrics import Metrics, MetricsInterceptor
+from gatehouse.server.metrics import InstrumentedServer, Metrics
 from gatehouse.server.servicer import DEFAULT_MAX_WAIT, DecisionServicer
 from gatehouse.server.status import Freshness, RejectionLog
 from gatehouse.v1 import decision_pb2 as pb
@@ -128,9 +128,11 @@ def serve(
     options = [("grpc.so_reuseport", 1)] if so_reuseport else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gatehouse-rpc"),
-        interceptors=[MetricsInterceptor(metrics)],
         options=options,
     )
+    # Services register through this: their handlers are instrumented once, here, not on
+    # every call as an interceptor would.
+    registrar = InstrumentedServer(server, metrics)
     codec = CursorCodec(cursor_key if cursor_key is not None else os.urandom(32))
     checker = make_checker(decision_cache_size, metrics.cache_hits.inc, metrics.cache_misses.inc)
     dlog = (
@@ -150,12 +152,13 @@ def serve(
         rejections=rejections,
         max_data_age=max_data_age,
     )
-    pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    pb_grpc.add_DecisionServiceServicer_to_server(servicer, registrar)  # type: ignore[no-untyped-call]
     hs = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    health_pb2_grpc.add_HealthServicer_to_server(hs, registrar)
     if reflection_enabled:
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            registrar,  # type: ignore[arg-type]
         )
     port = 0
     if listen is not None:

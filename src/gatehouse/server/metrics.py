@@ -131,12 +131,18 @@ class Metrics:
             "Decision log entries dropped because the log queue was full.",
             registry=self.registry,
         )
-        for r in ("allow", "deny", "error"):
-            self.decisions.labels(result=r)
+        # Pre-bound children: `labels()` takes a lock and builds a key on every call.
+        self._decision = {r: self.decisions.labels(result=r) for r in ("allow", "deny", "error")}
+        self.allow = self._decision["allow"]
+        self.deny = self._decision["deny"]
+        self.error = self._decision["error"]
         self._http: Any = None
 
     def decision(self, result: str, n: int = 1) -> None:
-        self.decisions.labels(result=result).inc(n)
+        child = self._decision.get(result)
+        if child is None:
+            child = self.decisions.labels(result=result)
+        child.inc(n)
 
     def start_http(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve /metrics on `host`:`port` (0 = any free port); return the bound port."""
@@ -158,6 +164,125 @@ def _code_of(context: grpc.ServicerContext, default: grpc.StatusCode) -> str:
     return default.name
 
 
+def instrument(
+    metrics: Metrics, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` wrapped to count (`grpc_server_handled_total`) and time
+    (`grpc_server_handling_seconds`) each call of `method` ("package.Service/Method").
+
+    Done once per method at registration, with the label children bound up front, so a call
+    pays two clock reads, one counter increment and one histogram observation: a
+    `grpc.ServerInterceptor` instead runs on every call and builds a new handler each time.
+    Unary-unary and unary-stream handlers are instrumented; others are returned as they are.
+    """
+    handled = metrics.handled
+    ok = handled.labels(method, grpc.StatusCode.OK.name)
+    observe = metrics.handling.labels(grpc_method=method).observe
+    clock = time.perf_counter
+
+    if handler.unary_unary is not None:
+        inner_uu: Callable[[Any, grpc.ServicerContext], Any] = handler.unary_unary
+
+        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+            t0 = clock()
+            try:
+                resp = inner_uu(request, context)
+            except BaseException:
+                observe(clock() - t0)
+                handled.labels(method, _code_of(context, grpc.StatusCode.UNKNOWN)).inc()
+                raise
+            observe(clock() - t0)
+            code = context.code()  # type: ignore[attr-defined]
+            if code is None or code is grpc.StatusCode.OK:
+                ok.inc()
+            else:
+                handled.labels(method, _code_of(context, grpc.StatusCode.OK)).inc()
+            return resp
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        inner_us: Callable[[Any, grpc.ServicerContext], Iterator[Any]] = handler.unary_stream
+
+        def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            t0 = clock()
+            try:
+                yield from inner_us(request, context)
+            except BaseException:
+                handled.labels(method, _code_of(context, grpc.StatusCode.UNKNOWN)).inc()
+                raise
+            else:
+                handled.labels(method, _code_of(context, grpc.StatusCode.OK)).inc()
+            finally:
+                observe(clock() - t0)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+if TYPE_CHECKING:
+    _Generic = grpc.GenericRpcHandler[Any, Any]
+else:
+    _Generic = grpc.GenericRpcHandler
+
+
+class _InstrumentedGeneric(_Generic):
+    """A generic handler whose method handlers are instrumented once, on first lookup."""
+
+    def __init__(self, metrics: Metrics, inner: _Generic) -> None:
+        self._metrics = metrics
+        self._inner = inner
+        self._done: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        name = handler_call_details.method
+        hit = self._done.get(name)
+        if hit is not None:
+            return hit
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None  # unknown method: not labelled (arbitrary names would explode cardinality)
+        wrapped = instrument(self._metrics, name.lstrip("/"), handler)
+        # Only methods the inner handler knows get here, so the dict stays small.
+        self._done[name] = wrapped
+        return wrapped
+
+
+class InstrumentedServer:
+    """Stands in for a `grpc.Server` while services register (`add_XServicer_to_server`,
+    health, reflection): every method handler is instrumented once, at registration, then
+    handed to the real server. Calls of unknown methods are not recorded."""
+
+    def __init__(self, server: grpc.Server, metrics: Metrics) -> None:
+        self.server = server
+        self.metrics = metrics
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[_Generic]) -> None:
+        self.server.add_generic_rpc_handlers(
+            tuple(_InstrumentedGeneric(self.metrics, h) for h in handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.server.add_registered_method_handlers(  # type: ignore[attr-defined]
+            service_name,
+            {
+                name: instrument(self.metrics, f"{service_name}/{name}", h)
+                for name, h in method_handlers.items()
+            },
+        )
+
+
 if TYPE_CHECKING:
     _Interceptor = grpc.ServerInterceptor[Any, Any]
 else:
@@ -165,7 +290,8 @@ else:
 
 
 class MetricsInterceptor(_Interceptor):
-    """Counts and times every unary and server-streaming RPC of a known method."""
+    """The same metrics as `InstrumentedServer`, as an interceptor (it runs on every call and
+    costs more; `serve` instruments at registration instead). For servers built elsewhere."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
@@ -178,49 +304,4 @@ class MetricsInterceptor(_Interceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None  # unknown method: not labelled (arbitrary names would explode cardinality)
-        method = handler_call_details.method.lstrip("/")
-        handled = self._m.handled
-        timing = self._m.handling.labels(grpc_method=method)
-
-        if handler.unary_unary is not None:
-            inner_uu: Callable[[Any, grpc.ServicerContext], Any] = handler.unary_unary
-
-            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
-                t0 = time.perf_counter()
-                try:
-                    resp = inner_uu(request, context)
-                except BaseException:
-                    handled.labels(method, _code_of(context, grpc.StatusCode.UNKNOWN)).inc()
-                    raise
-                else:
-                    handled.labels(method, _code_of(context, grpc.StatusCode.OK)).inc()
-                    return resp
-                finally:
-                    timing.observe(time.perf_counter() - t0)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_us: Callable[[Any, grpc.ServicerContext], Iterator[Any]] = handler.unary_stream
-
-            def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                t0 = time.perf_counter()
-                try:
-                    yield from inner_us(request, context)
-                except BaseException:
-                    handled.labels(method, _code_of(context, grpc.StatusCode.UNKNOWN)).inc()
-                    raise
-                else:
-                    handled.labels(method, _code_of(context, grpc.StatusCode.OK)).inc()
-                finally:
-                    timing.observe(time.perf_counter() - t0)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return instrument(self._m, handler_call_details.method.lstrip("/"), handler)

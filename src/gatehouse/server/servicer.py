@@ -15,9 +15,21 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gatehouse.engine.cursor import CursorCodec, InvalidCursor, page_after
-from gatehouse.engine.evaluator import DepthExceeded, EngineError, InvalidQuery, ProofNode
+from gatehouse.engine.evaluator import (
+    Decision,
+    DepthExceeded,
+    EngineError,
+    InvalidQuery,
+    ProofNode,
+)
 from gatehouse.engine.state import DecisionState, NotReady, View
-from gatehouse.graph.tuples import InvalidReference, parse_object, parse_subject
+from gatehouse.graph.tuples import (
+    InvalidReference,
+    ObjectRef,
+    SubjectRef,
+    parse_object,
+    parse_subject,
+)
 from gatehouse.observability.decision_log import DecisionLog
 from gatehouse.server.cache import CheckFn, direct_check
 from gatehouse.server.metrics import Metrics
@@ -26,6 +38,9 @@ from gatehouse.v1 import decision_pb2 as pb
 from gatehouse.v1 import decision_pb2_grpc as pb_grpc
 
 MAX_BATCH = 1000
+# Parsed subjects and resources are kept by their text (parsing is pure, refs are immutable,
+# invalid text raises and is never kept); the table is emptied when it reaches this size.
+PARSE_CACHE_SIZE = 65536
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10000
 DEFAULT_MAX_WAIT = 5.0
@@ -96,8 +111,28 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.codec = codec
         self.metrics = metrics
         self.max_wait = max_wait
+        self._subjects: dict[str, SubjectRef] = {}
+        self._resources: dict[str, ObjectRef] = {}
 
     # helpers -----------------------------------------------------------------
+    def _subject(self, text: str) -> SubjectRef:
+        ref = self._subjects.get(text)
+        if ref is None:
+            ref = parse_subject(text)
+            if len(self._subjects) >= PARSE_CACHE_SIZE:
+                self._subjects.clear()
+            self._subjects[text] = ref
+        return ref
+
+    def _resource(self, text: str) -> ObjectRef:
+        ref = self._resources.get(text)
+        if ref is None:
+            ref = parse_object(text)
+            if len(self._resources) >= PARSE_CACHE_SIZE:
+                self._resources.clear()
+            self._resources[text] = ref
+        return ref
+
     def _run(self, context: grpc.ServicerContext, fn: Callable[[], T], decisions: bool) -> T:
         try:
             return fn()
@@ -138,16 +173,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         if self.metrics is not None:
             self.metrics.decision("allow" if allowed else "deny")
 
-    def _check_one(self, view: View, req: pb.CheckRequest, method: str) -> pb.CheckResponse:
-        subject = parse_subject(req.subject)
-        resource = parse_object(req.resource)
-        d = self.checker(view, subject, req.permission, resource)
+    def _decide(
+        self, view: View, subject_text: str, permission: str, resource_text: str, method: str
+    ) -> Decision:
+        subject = self._subject(subject_text)
+        resource = self._resource(resource_text)
+        d = self.checker(view, subject, permission, resource)
         if self.decision_log is not None:
             p = view.policy
             self.decision_log.record(
                 method,
                 str(subject),
-                req.permission,
+                permission,
                 str(resource),
                 d.allowed,
                 d.reason,
@@ -155,6 +192,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 p.revision,
                 p.name,
             )
+        return d
+
+    def _check_one(self, view: View, req: pb.CheckRequest, method: str) -> pb.CheckResponse:
+        d = self._decide(view, req.subject, req.permission, req.resource, method)
         return pb.CheckResponse(
             allowed=d.allowed,
             revision=d.revision,
@@ -164,13 +205,22 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     # RPCs --------------------------------------------------------------------
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
-        def go() -> pb.CheckResponse:
+        # The hot path: no closures, no per-call label lookups.
+        try:
             view = self._view(context, request.at_least_revision)
-            resp = self._check_one(view, request, "Check")
-            self._count(resp.allowed)
-            return resp
-
-        return self._run(context, go, decisions=True)
+            d = self._decide(view, request.subject, request.permission, request.resource, "Check")
+        except Exception as e:
+            if self.metrics is not None:
+                self.metrics.error.inc()
+            self._abort(context, e)
+        if self.metrics is not None:
+            (self.metrics.allow if d.allowed else self.metrics.deny).inc()
+        return pb.CheckResponse(
+            allowed=d.allowed,
+            revision=d.revision,
+            reason=d.reason,
+            policy_revision=view.policy.revision,
+        )
 
     def CheckBatch(
         self, request: pb.CheckBatchRequest, context: grpc.ServicerContext
