@@ -87,6 +87,7 @@ class Topology:
             ]
         )
         _wait_serving(f"127.0.0.1:{self.feed_port}", self.worker, 600)
+        self.worker_ready = time.perf_counter()
         self.server = spawn(
             [
                 "serve",
@@ -273,6 +274,7 @@ def main() -> int:
         t0 = time.perf_counter()
         topo = Topology(db_args, tmp, poll=0.5)
         took = time.perf_counter() - t0
+        worker_part = topo.worker_ready - t0
         topo.close()
     finally:
         sor.close()
@@ -280,7 +282,9 @@ def main() -> int:
     lines += [
         "",
         f"Initial sync of {n:,} tuples (PostgreSQL rows -> worker -> sidecar SERVING): "
-        f"{took:.1f} s (target ≤ 60 s).",
+        f"{took:.1f} s (target ≤ 60 s): the worker's initial read and mapping "
+        f"{worker_part:.1f} s, then the sidecar's snapshot transfer and load "
+        f"{took - worker_part:.1f} s.",
         "",
         "Targets: PostgreSQL p50 ≤ 50 ms, p99 ≤ 250 ms; SQLite polling p99 ≤ 1 s; "
         "50 watchers p99 ≤ 1 s. The Check-until-allow loop adds one Check round trip "
