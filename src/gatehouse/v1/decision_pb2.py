@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgatehouse/v1/decision.proto\x12\x0cgatehouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\x0c\x43heckRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x12\n\npermission\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12\x19\n\x11\x61t_least_revision\x18\x04 \x01(\x03\"[\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x04 \x01(\x03\"Z\n\x11\x43heckBatchRequest\x12*\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x1a.gatehouse.v1.CheckRequest\x12\x19\n\x11\x61t_least_revision\x18\x02 \x01(\x03\"m\n\x12\x43heckBatchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.gatehouse.v1.CheckResponse\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x17\n\x0fpolicy_revision\x18\x03 \x01(\x03\"\x8e\x01\n\x12ListAllowedRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x12\n\npermission\x18\x02 \x01(\t\x12\x15\n\rresource_type\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\t\x12\x19\n\x11\x61t_least_revision\x18\x06 \x01(\x03\"I\n\x13ListAllowedResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x13\n\x0bnext_cursor\x18\x03 \x01(\t\"l\n\x13ListSubjectsRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x12\n\npermission\x18\x02 \x01(\t\x12\x14\n\x0csubject_type\x18\x03 \x01(\t\x12\x19\n\x11\x61t_least_revision\x18\x04 \x01(\x03\":\n\x14ListSubjectsResponse\x12\x10\n\x08subjects\x18\x01 \x03(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\"b\n\x0e\x45xplainRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x12\n\npermission\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12\x19\n\x11\x61t_least_revision\x18\x04 \x01(\x03\"V\n\tProofNode\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\x08\x12)\n\x08\x63hildren\x18\x03 \x03(\x0b\x32\x17.gatehouse.v1.ProofNode\"\x85\x01\n\x0f\x45xplainResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12&\n\x05proof\x18\x04 \x01(\x0b\x32\x17.gatehouse.v1.ProofNode\x12\x17\n\x0fpolicy_revision\x18\x05 \x01(\x03\"\x0f\n\rStatusRequest\"\xff\x01\n\x0eStatusResponse\x12\x13\n\x0bpolicy_name\x18\x01 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x02 \x01(\x03\x12\x15\n\rdata_revision\x18\x03 \x01(\x03\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x18\n\x10\x64\x61ta_age_seconds\x18\x05 \x01(\x01\x12\x1a\n\x12policy_age_seconds\x18\x06 \x01(\x01\x12\x35\n\x0elast_rejection\x18\x07 \x01(\x0b\x32\x1d.gatehouse.v1.BundleRejection\x12\x18\n\x10rejections_total\x18\x08 \x01(\x03\x12\x12\n\ndata_fresh\x18\t \x01(\x08\"o\n\x0f\x42undleRejection\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x04 \x01(\x03\"\r\n\x0bPingRequest\"\x0e\n\x0cPingResponse2\x9d\x04\n\x0f\x44\x65\x63isionService\x12@\n\x05\x43heck\x12\x1a.gatehouse.v1.CheckRequest\x1a\x1b.gatehouse.v1.CheckResponse\x12O\n\nCheckBatch\x12\x1f.gatehouse.v1.CheckBatchRequest\x1a .gatehouse.v1.CheckBatchResponse\x12T\n\x0bListAllowed\x12 .gatehouse.v1.ListAllowedRequest\x1a!.gatehouse.v1.ListAllowedResponse0\x01\x12U\n\x0cListSubjects\x12!.gatehouse.v1.ListSubjectsRequest\x1a\".gatehouse.v1.ListSubjectsResponse\x12\x46\n\x07\x45xplain\x12\x1c.gatehouse.v1.ExplainRequest\x1a\x1d.gatehouse.v1.ExplainResponse\x12\x43\n\x06Status\x12\x1b.gatehouse.v1.StatusRequest\x1a\x1c.gatehouse.v1.StatusResponse\x12=\n\x04Ping\x12\x19.gatehouse.v1.PingRequest\x1a\x1a.gatehouse.v1.PingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgatehouse/v1/decision.proto\x12\x0cgatehouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\x0c\x43heckRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x12\n\npermission\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12\x19\n\x11\x61t_least_revision\x18\x04 \x01(\x03\"[\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x04 \x01(\x03\"\xaa\x01\n\x11\x43heckBatchRequest\x12*\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x1a.gatehouse.v1.CheckRequest\x12\x19\n\x11\x61t_least_revision\x18\x02 \x01(\x03\x12\x10\n\x08subjects\x18\x03 \x03(\t\x12\x13\n\x0bpermissions\x18\x04 \x03(\t\x12\x11\n\tresources\x18\x05 \x03(\t\x12\x14\n\x0cwith_reasons\x18\x06 \x01(\x08\"\x8f\x01\n\x12\x43heckBatchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.gatehouse.v1.CheckResponse\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x17\n\x0fpolicy_revision\x18\x03 \x01(\x03\x12\x0f\n\x07\x61llowed\x18\x04 \x03(\x08\x12\x0f\n\x07reasons\x18\x05 \x03(\t\"\x8e\x01\n\x12ListAllowedRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x12\n\npermission\x18\x02 \x01(\t\x12\x15\n\rresource_type\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\t\x12\x19\n\x11\x61t_least_revision\x18\x06 \x01(\x03\"I\n\x13ListAllowedResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x13\n\x0bnext_cursor\x18\x03 \x01(\t\"l\n\x13ListSubjectsRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x12\n\npermission\x18\x02 \x01(\t\x12\x14\n\x0csubject_type\x18\x03 \x01(\t\x12\x19\n\x11\x61t_least_revision\x18\x04 \x01(\x03\":\n\x14ListSubjectsResponse\x12\x10\n\x08subjects\x18\x01 \x03(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\"b\n\x0e\x45xplainRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x12\n\npermission\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12\x19\n\x11\x61t_least_revision\x18\x04 \x01(\x03\"V\n\tProofNode\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\x08\x12)\n\x08\x63hildren\x18\x03 \x03(\x0b\x32\x17.gatehouse.v1.ProofNode\"\x85\x01\n\x0f\x45xplainResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12&\n\x05proof\x18\x04 \x01(\x0b\x32\x17.gatehouse.v1.ProofNode\x12\x17\n\x0fpolicy_revision\x18\x05 \x01(\x03\"\x0f\n\rStatusRequest\"\xff\x01\n\x0eStatusResponse\x12\x13\n\x0bpolicy_name\x18\x01 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x02 \x01(\x03\x12\x15\n\rdata_revision\x18\x03 \x01(\x03\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x18\n\x10\x64\x61ta_age_seconds\x18\x05 \x01(\x01\x12\x1a\n\x12policy_age_seconds\x18\x06 \x01(\x01\x12\x35\n\x0elast_rejection\x18\x07 \x01(\x0b\x32\x1d.gatehouse.v1.BundleRejection\x12\x18\n\x10rejections_total\x18\x08 \x01(\x03\x12\x12\n\ndata_fresh\x18\t \x01(\x08\"o\n\x0f\x42undleRejection\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x04 \x01(\x03\"\r\n\x0bPingRequest\"\x0e\n\x0cPingResponse2\x9d\x04\n\x0f\x44\x65\x63isionService\x12@\n\x05\x43heck\x12\x1a.gatehouse.v1.CheckRequest\x1a\x1b.gatehouse.v1.CheckResponse\x12O\n\nCheckBatch\x12\x1f.gatehouse.v1.CheckBatchRequest\x1a .gatehouse.v1.CheckBatchResponse\x12T\n\x0bListAllowed\x12 .gatehouse.v1.ListAllowedRequest\x1a!.gatehouse.v1.ListAllowedResponse0\x01\x12U\n\x0cListSubjects\x12!.gatehouse.v1.ListSubjectsRequest\x1a\".gatehouse.v1.ListSubjectsResponse\x12\x46\n\x07\x45xplain\x12\x1c.gatehouse.v1.ExplainRequest\x1a\x1d.gatehouse.v1.ExplainResponse\x12\x43\n\x06Status\x12\x1b.gatehouse.v1.StatusRequest\x1a\x1c.gatehouse.v1.StatusResponse\x12=\n\x04Ping\x12\x19.gatehouse.v1.PingRequest\x1a\x1a.gatehouse.v1.PingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,34 +36,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKREQUEST']._serialized_end=174
   _globals['_CHECKRESPONSE']._serialized_start=176
   _globals['_CHECKRESPONSE']._serialized_end=267
-  _globals['_CHECKBATCHREQUEST']._serialized_start=269
-  _globals['_CHECKBATCHREQUEST']._serialized_end=359
-  _globals['_CHECKBATCHRESPONSE']._serialized_start=361
-  _globals['_CHECKBATCHRESPONSE']._serialized_end=470
-  _globals['_LISTALLOWEDREQUEST']._serialized_start=473
-  _globals['_LISTALLOWEDREQUEST']._serialized_end=615
-  _globals['_LISTALLOWEDRESPONSE']._serialized_start=617
-  _globals['_LISTALLOWEDRESPONSE']._serialized_end=690
-  _globals['_LISTSUBJECTSREQUEST']._serialized_start=692
-  _globals['_LISTSUBJECTSREQUEST']._serialized_end=800
-  _globals['_LISTSUBJECTSRESPONSE']._serialized_start=802
-  _globals['_LISTSUBJECTSRESPONSE']._serialized_end=860
-  _globals['_EXPLAINREQUEST']._serialized_start=862
-  _globals['_EXPLAINREQUEST']._serialized_end=960
-  _globals['_PROOFNODE']._serialized_start=962
-  _globals['_PROOFNODE']._serialized_end=1048
-  _globals['_EXPLAINRESPONSE']._serialized_start=1051
-  _globals['_EXPLAINRESPONSE']._serialized_end=1184
-  _globals['_STATUSREQUEST']._serialized_start=1186
-  _globals['_STATUSREQUEST']._serialized_end=1201
-  _globals['_STATUSRESPONSE']._serialized_start=1204
-  _globals['_STATUSRESPONSE']._serialized_end=1459
-  _globals['_BUNDLEREJECTION']._serialized_start=1461
-  _globals['_BUNDLEREJECTION']._serialized_end=1572
-  _globals['_PINGREQUEST']._serialized_start=1574
-  _globals['_PINGREQUEST']._serialized_end=1587
-  _globals['_PINGRESPONSE']._serialized_start=1589
-  _globals['_PINGRESPONSE']._serialized_end=1603
-  _globals['_DECISIONSERVICE']._serialized_start=1606
-  _globals['_DECISIONSERVICE']._serialized_end=2147
+  _globals['_CHECKBATCHREQUEST']._serialized_start=270
+  _globals['_CHECKBATCHREQUEST']._serialized_end=440
+  _globals['_CHECKBATCHRESPONSE']._serialized_start=443
+  _globals['_CHECKBATCHRESPONSE']._serialized_end=586
+  _globals['_LISTALLOWEDREQUEST']._serialized_start=589
+  _globals['_LISTALLOWEDREQUEST']._serialized_end=731
+  _globals['_LISTALLOWEDRESPONSE']._serialized_start=733
+  _globals['_LISTALLOWEDRESPONSE']._serialized_end=806
+  _globals['_LISTSUBJECTSREQUEST']._serialized_start=808
+  _globals['_LISTSUBJECTSREQUEST']._serialized_end=916
+  _globals['_LISTSUBJECTSRESPONSE']._serialized_start=918
+  _globals['_LISTSUBJECTSRESPONSE']._serialized_end=976
+  _globals['_EXPLAINREQUEST']._serialized_start=978
+  _globals['_EXPLAINREQUEST']._serialized_end=1076
+  _globals['_PROOFNODE']._serialized_start=1078
+  _globals['_PROOFNODE']._serialized_end=1164
+  _globals['_EXPLAINRESPONSE']._serialized_start=1167
+  _globals['_EXPLAINRESPONSE']._serialized_end=1300
+  _globals['_STATUSREQUEST']._serialized_start=1302
+  _globals['_STATUSREQUEST']._serialized_end=1317
+  _globals['_STATUSRESPONSE']._serialized_start=1320
+  _globals['_STATUSRESPONSE']._serialized_end=1575
+  _globals['_BUNDLEREJECTION']._serialized_start=1577
+  _globals['_BUNDLEREJECTION']._serialized_end=1688
+  _globals['_PINGREQUEST']._serialized_start=1690
+  _globals['_PINGREQUEST']._serialized_end=1703
+  _globals['_PINGRESPONSE']._serialized_start=1705
+  _globals['_PINGRESPONSE']._serialized_end=1719
+  _globals['_DECISIONSERVICE']._serialized_start=1722
+  _globals['_DECISIONSERVICE']._serialized_end=2263
 # @@protoc_insertion_point(module_scope)
