@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,7 @@ from gatehouse.v1 import feed_pb2, feed_pb2_grpc
 log = logging.getLogger("gatehouse.feed")
 
 DATA_FILE = "data.snapshot"
+JOURNAL_FILE = "data.journal"
 _MAGIC = "# gatehouse data snapshot v1"
 
 
@@ -89,6 +92,74 @@ def read_snapshot(path: str) -> tuple[int, list[str]] | None:
     return revision, lines[1:-2]
 
 
+class Journal:
+    """The deltas applied since the last persisted snapshot, appended (and fsynced) *before*
+    each is applied: after a crash, snapshot + journal give back exactly the last applied
+    revision, so a restarted server never answers from older data than it already did.
+    Each line carries a CRC; replay stops at the first torn or corrupt line."""
+
+    def __init__(self, path: str, fsync: bool = True) -> None:
+        self.path = path
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._lines: list[tuple[int, str]] = []
+
+    @staticmethod
+    def _line(revision: int, writes: Iterable[str], deletes: Iterable[str]) -> str:
+        body = json.dumps(
+            {"r": revision, "w": list(writes), "d": list(deletes)}, separators=(",", ":")
+        )
+        return f"{zlib.crc32(body.encode()):08x} {body}\n"
+
+    def append(self, revision: int, writes: Iterable[str], deletes: Iterable[str]) -> None:
+        line = self._line(revision, writes, deletes)
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+            self._lines.append((revision, line))
+
+    def truncate_through(self, revision: int) -> None:
+        """Drop the entries a snapshot at `revision` now covers (atomic rewrite)."""
+        with self._lock:
+            keep = [(r, line) for r, line in self._lines if r > revision]
+            tmp = f"{self.path}.tmp.{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(line for _r, line in keep)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            self._lines = keep
+
+    def load(self) -> list[tuple[int, list[str], list[str]]]:
+        """The valid entries on disk (a torn tail is cut off the file too)."""
+        entries = self.read(self.path)
+        with self._lock:
+            self._lines = [(r, self._line(r, w, d)) for r, w, d in entries]
+        self.truncate_through(-1)
+        return entries
+
+    @staticmethod
+    def read(path: str) -> list[tuple[int, list[str], list[str]]]:
+        out: list[tuple[int, list[str], list[str]]] = []
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.readlines()
+        except (OSError, UnicodeDecodeError):
+            return out
+        for line in lines:
+            crc, _, body = line.rstrip("\n").partition(" ")
+            if not line.endswith("\n") or f"{zlib.crc32(body.encode()):08x}" != crc:
+                break  # a torn tail: everything before it is good
+            try:
+                e = json.loads(body)
+                out.append((int(e["r"]), list(e["w"]), list(e["d"])))
+            except (ValueError, KeyError, TypeError):
+                break
+        return out
+
+
 class FeedFollower:
     """Follow `target` (HOST:PORT of a sync worker) into `state` on a background thread."""
 
@@ -117,6 +188,8 @@ class FeedFollower:
         self._call: Any = None
         self._threads: list[threading.Thread] = []
         self._persisted = -1
+        self._persist_lock = threading.Lock()
+        self.journal = Journal(os.path.join(data_dir, JOURNAL_FILE)) if data_dir else None
 
     @property
     def path(self) -> str | None:
@@ -131,6 +204,8 @@ class FeedFollower:
         if got is None:
             if os.path.exists(path):
                 log.error("ignoring corrupt data snapshot %s", path)
+            if self.journal is not None:
+                self.journal.truncate_through(2**62)  # deltas without their base are useless
             return None
         revision, tuples = got
         try:
@@ -139,8 +214,25 @@ class FeedFollower:
             log.error("ignoring data snapshot %s: %s", path, e)
             return None
         self._persisted = revision
-        log.info("restored %d tuples at revision %d from %s", len(tuples), revision, path)
-        return revision
+        replayed = 0
+        if self.journal is not None:
+            for rev, writes, deletes in self.journal.load():
+                if rev <= self.revision():
+                    continue
+                try:
+                    self.state.apply_delta(Delta.of(writes, deletes), rev)
+                except Exception as e:
+                    log.error("journal replay stopped at revision %d: %s", rev, e)
+                    break
+                replayed += 1
+        log.info(
+            "restored %d tuples at revision %d from %s and %d journaled deltas",
+            len(tuples),
+            revision,
+            path,
+            replayed,
+        )
+        return self.revision()
 
     def start(self) -> None:
         if self.data_dir:
@@ -169,11 +261,14 @@ class FeedFollower:
     def persist(self) -> None:
         if self.path is None or not self.state.data_ready:
             return
-        snap = self.state.store.current  # immutable: safe to walk while deltas apply
-        if snap.revision == self._persisted:
-            return
-        write_snapshot(self.path, snap.revision, snap.tuples())
-        self._persisted = snap.revision
+        with self._persist_lock:  # the feed thread persists a new base; so does the timer
+            snap = self.state.store.current  # immutable: safe to walk while deltas apply
+            if snap.revision == self._persisted:
+                return
+            write_snapshot(self.path, snap.revision, snap.tuples())
+            self._persisted = snap.revision
+            if self.journal is not None:
+                self.journal.truncate_through(snap.revision)
 
     def _persist_loop(self) -> None:
         wait = self.persist_every
@@ -227,6 +322,8 @@ class FeedFollower:
                     self.state.load_data(tuples, c.revision)
                 except Exception as e:
                     raise _Rejected(f"snapshot at revision {c.revision}: {e}") from e
+                # The journal only makes sense on top of a persisted base: write it now.
+                self.persist()
                 self.stats.snapshots += 1
                 self.on_current()
         elif kind == "delta":
@@ -235,6 +332,8 @@ class FeedFollower:
                 return  # already applied (a resumed stream may repeat one)
             try:
                 delta = Delta.of(d.writes, d.deletes)
+                if self.journal is not None:
+                    self.journal.append(d.revision, d.writes, d.deletes)  # write-ahead
                 self.state.apply_delta(delta, d.revision)
             except Exception as e:
                 raise _Rejected(f"delta at revision {d.revision}: {e}") from e
