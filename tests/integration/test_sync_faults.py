@@ -213,12 +213,18 @@ def test_worker_killed_mid_stream_and_server_restarted(db: Db, tmp_path: Path) -
                 worker.send_signal(signal.SIGKILL)  # mid-stream, no goodbye
                 worker.wait()
                 worker = start_sync(db.cli_args(), feed_port, tmp_path / "sync.log")
-            if i == 40:  # the server restarts and resumes from its persisted data
-                stop(server)
+            if i == 40:  # the server is killed, restarts, resumes from its persisted data
                 obs.stop()
+                seen_before = max(obs.revisions)
+                server.send_signal(signal.SIGKILL)
+                server.wait()
                 server = start_serve(feed_port, port, tmp_path / "data", tmp_path / "serve.log")
                 wait_serving_at(port, 1, 60)
                 obs = Observer(port).start()
+                # Snapshot + journal: its first answers are no older than the last ones.
+                while not obs.revisions:
+                    time.sleep(0.01)
+                assert obs.revisions[0] >= seen_before
         assert wait_serving_at(port, last) < 30
         assert served_tuples(port, n) == expected(n)
         obs.stop()
