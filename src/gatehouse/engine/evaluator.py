@@ -107,6 +107,7 @@ class _Query:
         "memo",
         "partial",
         "path",
+        "revs",
         "sk",
         "snap",
         "truncated",
@@ -133,6 +134,7 @@ class _Query:
         self.active: set[int] = set()
         self.cyclic = False
         self.changed = False
+        self.revs: dict[int, array[int]] = {}  # list-allowed: decoded reverse runs
 
 
 class Evaluator:
@@ -628,8 +630,13 @@ class Evaluator:
                 tplan = self.schema.plan(utype, plan.computed)
                 if tplan is None:
                     continue
+                revs = q.revs
                 for t in self._lookup_memo(q, utype, tplan):
-                    out.update(snap.rev((t << REL_BITS) << REL_BITS | rid))
+                    rk = (t << REL_BITS) << REL_BITS | rid
+                    got = revs.get(rk)
+                    if got is None:  # arrows over one relation often share targets
+                        got = revs[rk] = snap.rev(rk)
+                    out.update(got)
             return out
         if isinstance(plan, CallPlan):
             target = self._call(plan)
