@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dbs import BACKENDS, Db, make_db
+from dbs import Db
 
 from gatehouse.admin import Admin, AdminError, Denied, LocalAuthorizer, load_config
 from gatehouse.admin.bulk import import_users, read_rows, write_template
@@ -23,11 +23,6 @@ from gatehouse.sor.fixtures import load_fixture
 from gatehouse.sor.store import SystemOfRecord
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=BACKENDS)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
-    yield from make_db(request.param, tmp_path)
 
 
 Factory = Callable[[str], Admin]

@@ -11,20 +11,14 @@ import io
 import json
 import socketserver
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dbs import BACKENDS, Db, make_db
+from dbs import Db
 
 from gatehouse.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=BACKENDS)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
-    yield from make_db(request.param, tmp_path)
 
 
 def run(

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from dbs import BACKENDS, Db, make_db
+from dbs import Db
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.admin import Admin, AdminError, Denied, RemoteAuthorizer, load_config
@@ -34,11 +34,6 @@ from gatehouse.sync.worker import SyncWorker
 from gatehouse.v1 import decision_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=BACKENDS)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
-    yield from make_db(request.param, tmp_path)
 
 
 @dataclass

@@ -66,13 +66,7 @@ class LocalAuthorizer:
             st = self._state
             if st is not None and st.data_ready and st.store.current.revision == head:
                 return st
-            rev = 0
-            chunks: list[tuple[str, list[dict[str, object]]]] = []
-            for r, table, rows in self.sor.snapshot(self.projection.mapping.tables):
-                rev = r
-                if rows:
-                    chunks.append((table, rows))
-            counts = self.projection.expected(chunks)
+            rev, counts = self.projection.read(self.sor)
             self.projection.rejected = 0
             st = DecisionState()
             m = self.bundle.manifest
