@@ -447,8 +447,15 @@ class GraphStore:
                 delta_count += 1 if present else -1
                 f_ch.setdefault(oid, (set(), set()))[slot].add(e)
                 r_ch.setdefault(sk >> REL_BITS, (set(), set()))[slot].add(_rentry(oid, rid, sk))
-            f_ov = _merge(cur.f_ov, cur.f_off, cur.f_dat, f_ch)
-            r_ov = _merge(cur.r_ov, cur.r_off, cur.r_dat, r_ch)
+            f_new = _merge(cur.f_ov, cur.f_off, cur.f_dat, f_ch)
+            r_new = _merge(cur.r_ov, cur.r_off, cur.r_dat, r_ch)
+            del f_ch, r_ch, net
+            # The overlay copies come last: a young dict of many arrays is traversed by
+            # every generation-0 collection until it is promoted.
+            f_ov = dict(cur.f_ov)
+            f_ov.update(f_new)
+            r_ov = dict(cur.r_ov)
+            r_ov.update(r_new)
             count = cur.count + delta_count
             snap = Snapshot(
                 it, (cur.f_off, cur.f_dat, f_ov), (cur.r_off, cur.r_dat, r_ov), revision, count
@@ -597,8 +604,8 @@ def _merge(
     dat: array[int],
     changes: dict[int, tuple[set[int], set[int]]],
 ) -> dict[int, array[int]]:
-    """A copy of overlay `ov` with the groups in `changes` (oid -> adds, removes) rebuilt."""
-    out = dict(ov)
+    """The groups in `changes` (oid -> adds, removes) rebuilt from overlay `ov` or the base."""
+    out: dict[int, array[int]] = {}
     nb = len(off) - 1
     for oid, (adds, removes) in changes.items():
         g = ov.get(oid)
