@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -225,6 +226,35 @@ def test_password_reset_link_is_single_use(product: Factory) -> None:
         a.complete_password_reset(r.data["token"], "another password")
     with pytest.raises(Denied):  # bea has no user rights
         a.password_reset("bea", "orbit", "tess")
+
+
+def test_invalidate_2fa_needs_the_right_and_is_audited(product: Factory) -> None:
+    a = product("infosum")
+    with a.sor.transaction() as tx:
+        tx.update("users", {"id": "bea"}, mfa_enabled=True)
+    with pytest.raises(Denied, match="invalidate_user_2fa"):  # a Business User may not
+        a.reset_2fa("carl", "orbit", "bea")
+    assert a.sor.rows("users", id="bea")[0]["mfa_enabled"] is True
+    r = a.reset_2fa("alan", "orbit", "bea")  # Admin holds invalidate_user_2fa
+    assert a.sor.rows("users", id="bea")[0]["mfa_enabled"] is False
+    (entry,) = [h for h in history(a, "alan", "orbit", "bea") if h["action"] == "user.reset_2fa"]
+    assert entry["revision"] == r.revision and entry["actor"] == "alan"
+    with pytest.raises(AdminError, match="no second factor"):
+        a.reset_2fa("alan", "orbit", "bea")
+
+
+def test_a_recorded_sign_in_shows_in_the_profile_export(product: Factory) -> None:
+    a = product("ontra")
+    before = export_users(a, "adam", "northwind", "profile")
+    a.record_login("sara")
+    after = export_users(a, "adam", "northwind", "profile")
+    col = after.columns.index("last login")
+    email = after.columns.index("email")
+
+    def sara(t: Any) -> list[str]:
+        return next(r for r in t.rows if r[email].startswith("sara"))
+
+    assert sara(before)[col] == "" and sara(after)[col] != ""
 
 
 # roles -------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ ACTIONS = (
     "users.view",
     "users.invite",
     "users.edit",
+    "users.reset_2fa",
     "users.freeze",
     "users.delete",
     "roles.view",

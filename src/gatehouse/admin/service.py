@@ -769,6 +769,35 @@ class Admin:
             {"user": u["id"], "token": token, "link": self._link(token, "password-reset")},
         )
 
+    def reset_2fa(self, actor: str, tenant: str, user: str) -> Result:
+        """Invalidate a user's second factor: they enrol again at their next sign-in."""
+        with self._tx() as tx:
+            u = self._user(tx, user)
+            self._authorize(tx, actor, "users.reset_2fa", tenant)
+            self._member(tx, tenant, u["id"])
+            if not u["mfa_enabled"]:
+                raise AdminError(f"{u['id']} has no second factor to invalidate")
+            tx.update("users", {"id": u["id"]}, mfa_enabled=False)
+            tx.audit(
+                actor,
+                "user.reset_2fa",
+                "user",
+                u["id"],
+                {"mfa_enabled": True},
+                {"mfa_enabled": False},
+            )
+        return Result(tx.revision, f"second factor of {u['id']} invalidated", {"user": u["id"]})
+
+    def record_login(self, user: str) -> Result:
+        """The application reports a successful sign-in (the exports' "last login"). Not an
+        admin action: not authorized, not audited."""
+        with self._tx() as tx:
+            u = self._user(tx, user)
+            if u["status"] != "active":
+                raise AdminError(f"{u['id']} has not registered yet")
+            tx.update("users", {"id": u["id"]}, last_login_at=tx.now)
+        return Result(tx.revision, f"sign-in of {u['id']} recorded", {"user": u["id"]})
+
     def complete_password_reset(self, token: str, password: str) -> Result:
         if len(password or "") < MIN_PASSWORD:
             raise AdminError(f"the password must have at least {MIN_PASSWORD} characters")

@@ -118,6 +118,9 @@ def register(subparsers: Any) -> None:
     q = cmd(u, "reset-password", _reset, "a single-use password-reset link")
     q.add_argument("tenant")
     q.add_argument("user")
+    q = cmd(u, "reset-2fa", _reset_2fa, "invalidate a user's second factor")
+    q.add_argument("tenant")
+    q.add_argument("user")
     q = cmd(u, "set-password", _set_password, "use a password-reset token")
     q.add_argument("token")
     _password_args(q)
@@ -402,6 +405,10 @@ def _resend(admin: Admin, args: argparse.Namespace) -> int:
     _done(args, r)
     _deliver(admin, args, r, f"Your invitation to {args.tenant}")
     return 0
+
+
+def _reset_2fa(admin: Admin, args: argparse.Namespace) -> int:
+    return _done(args, admin.reset_2fa(_actor(args), args.tenant, args.user))
 
 
 def _reset(admin: Admin, args: argparse.Namespace) -> int:
