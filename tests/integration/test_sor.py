@@ -253,3 +253,20 @@ def test_sor_cli_migrates_and_loads_a_fixture(tmp_path: Path) -> None:
     assert r.returncode == 1 and "already exists" in r.stderr
     r = _gh("sor", "load-fixture", "--db", url, str(tmp_path / "no-such-bundle"))
     assert r.returncode == 1 and "no-such-bundle" in r.stderr
+
+
+def test_insert_many_is_one_batch_and_refuses_duplicates(sor: SystemOfRecord) -> None:
+    rows = [{"group_id": "g", "member_type": "user", "member_id": f"u{i}"} for i in range(500)]
+    with sor.transaction() as tx:
+        assert tx.insert_many("group_members", rows) == 500
+    (txn,) = sor.changes_since(0)
+    assert len(txn.changes) == 500 and {c.op for c in txn.changes} == {"insert"}
+    before = sor.revision()
+    for bad in ([rows[0]], [rows[-1] | {"member_id": "new"}] * 2):
+        with (
+            pytest.raises(RowError, match=r"already exists|same key twice"),
+            sor.transaction() as tx,
+        ):
+            tx.insert("tenants", id="t", kind="org")
+            tx.insert_many("group_members", bad)
+        assert sor.revision() == before and sor.rows("tenants") == []

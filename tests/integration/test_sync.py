@@ -489,3 +489,26 @@ def test_a_torn_journal_tail_is_cut_off(tmp_path: Path) -> None:
     j2.load()
     j2.truncate_through(5)
     assert [e[0] for e in Journal.read(j.path)] == [6]
+
+
+@pytest.mark.slow
+def test_a_huge_transaction_arrives_as_one_delta(sor: SystemOfRecord, feed: FeedHandle) -> None:
+    """One SoR transaction is one delta however big (all or nothing): 120,000 rows make a
+    message beyond gRPC's default 4 MiB limit."""
+    f = follower(feed)
+    try:
+        r = grant(sor, "user:ann", "viewer", "d0")
+        tuples_at(f, r)
+        with sor.transaction() as tx:
+            tx.insert_many(
+                "group_members",
+                (
+                    {"group_id": "everyone", "member_type": "user", "member_id": f"u{i:06d}"}
+                    for i in range(120_000)
+                ),
+            )
+        got = tuples_at(f, tx.revision)
+        assert len(got) == 120_001
+        assert f.stats.rejected == 0 and f.state.store.current.revision == tx.revision
+    finally:
+        f.stop()

@@ -80,5 +80,4 @@ def load_fixture(sor: SystemOfRecord, mapping: TupleMapping, tuples: Iterable[st
 
 def insert_rows(tx: WriteTx, rows: dict[str, list[dict[str, Any]]]) -> None:
     for table, rs in rows.items():
-        for r in rs:
-            tx.insert(table, **r)
+        tx.insert_many(table, rs)

@@ -38,7 +38,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.exc import IntegrityError, NoSuchTableError
 
 from gatehouse.graph.tuples import Delta, Tuple
 from gatehouse.sor.tables import (
@@ -177,6 +177,35 @@ class WriteTx:
     def insert(self, table_name: str, **values: Any) -> dict[str, Any]:
         """Insert one row (defaults filled in); a duplicate key is a RowError."""
         t = _table(table_name)
+        row = self._full_row(t, values)
+        key = {c.name: row[c.name] for c in t.primary_key.columns}
+        if self.get(table_name, **key) is not None:
+            raise RowError(f"{t.name}: {key} already exists")
+        self._conn.execute(insert(t).values(**row))
+        self._record(t, "insert", None, row)
+        return row
+
+    def insert_many(self, table_name: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Insert many new rows with one batched statement (bulk loads); a duplicate key —
+        in the batch or in the table — is a RowError and the transaction rolls back."""
+        t = _table(table_name)
+        full = [self._full_row(t, r) for r in rows]
+        keys = [tuple(r[c.name] for c in t.primary_key.columns) for r in full]
+        if len(set(keys)) != len(keys):
+            raise RowError(f"{t.name}: the batch holds the same key twice")
+        if not full:
+            return 0
+        try:
+            with self._conn.begin_nested():
+                self._conn.execute(insert(t), full)
+        except IntegrityError as e:
+            raise RowError(f"{t.name}: a row of the batch already exists ({e.orig})") from None
+        for r in full:
+            self._record(t, "insert", None, r)
+        return len(full)
+
+    def _full_row(self, t: Table, values: Mapping[str, Any]) -> dict[str, Any]:
+        """`values` with defaults filled in, checked against the column types."""
         row: dict[str, Any] = {}
         for c in t.columns:
             if c.name in values:
@@ -192,11 +221,6 @@ class WriteTx:
             raise RowError(f"{t.name} has no column(s) {sorted(unknown)}")
         for k, v in row.items():
             _check_value(t, k, v)
-        key = {c.name: row[c.name] for c in t.primary_key.columns}
-        if self.get(table_name, **key) is not None:
-            raise RowError(f"{t.name}: {key} already exists")
-        self._conn.execute(insert(t).values(**row))
-        self._record(t, "insert", None, row)
         return row
 
     def update(self, table_name: str, key: Mapping[str, Any], **values: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import grpc
 
 from gatehouse.engine.state import DecisionState
 from gatehouse.graph.tuples import Delta
+from gatehouse.sync.feed import MAX_MESSAGE
 from gatehouse.v1 import feed_pb2, feed_pb2_grpc
 
 log = logging.getLogger("gatehouse.feed")
@@ -286,7 +287,8 @@ class FeedFollower:
         backoff = self.backoff_min
         while not self._stop.is_set():
             try:
-                with grpc.insecure_channel(self.target) as channel:
+                opts = [("grpc.max_receive_message_length", MAX_MESSAGE)]
+                with grpc.insecure_channel(self.target, options=opts) as channel:
                     stub = feed_pb2_grpc.FeedServiceStub(channel)  # type: ignore[no-untyped-call]
                     call = stub.Watch(feed_pb2.WatchRequest(from_revision=self.revision()))
                     self._call = call

@@ -24,6 +24,9 @@ from gatehouse.v1 import feed_pb2, feed_pb2_grpc
 log = logging.getLogger("gatehouse.sync")
 
 CHUNK = 5000
+# One SoR transaction is one Delta message, however many rows it changed (it must apply all
+# or nothing), so both ends accept large messages. Snapshots are chunked.
+MAX_MESSAGE = 1024 * 1024 * 1024
 FEED_SERVICE = "gatehouse.v1.FeedService"
 
 
@@ -114,7 +117,7 @@ def serve_feed(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_streams + 8, thread_name_prefix="feed"),
         maximum_concurrent_rpcs=max_streams,
-        options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+        options=[("grpc.max_send_message_length", MAX_MESSAGE)],
     )
     feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(worker), server)  # type: ignore[no-untyped-call]
     hs = health.HealthServicer()
