@@ -163,6 +163,7 @@ class SyncWorker:
         self._pending: tuple[int, set[str], set[str]] | None = None  # (marker, writes, deletes)
         self._last_reconcile = time.monotonic()
         self._caught_up_at = time.monotonic()
+        self._snapshot_cache: tuple[int, list[str]] | None = None
 
     # lifecycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -185,9 +186,14 @@ class SyncWorker:
 
     # feed reads (Watch) -------------------------------------------------------
     def snapshot(self) -> tuple[int, list[str]]:
-        """(revision, every tuple) of the projection, consistent with the ring."""
+        """(revision, every tuple) of the projection, consistent with the ring. Watchers that
+        ask at the same revision (a fleet reconnecting together) share one list."""
         with self.cond:
-            return self.revision, list(self.projection.counts)
+            cached = self._snapshot_cache
+            if cached is None or cached[0] != self.revision:
+                cached = (self.revision, list(self.projection.counts))
+                self._snapshot_cache = cached
+            return cached
 
     def deltas_after(self, revision: int, timeout: float) -> list[FeedDelta] | None:
         """The retained deltas newer than `revision` (waiting up to `timeout` for one);
@@ -213,6 +219,7 @@ class SyncWorker:
         rev, counts = self.projection.read(self.sor)
         with self.cond:
             self.projection.counts = counts
+            self._snapshot_cache = None
             self.revision = rev
             self.ring.clear()
             self.cond.notify_all()
@@ -267,6 +274,7 @@ class SyncWorker:
         deletes = {t for t in current if t not in expected}
         with self.cond:
             self.projection.counts = expected
+            self._snapshot_cache = None
         self.metrics.reconciles.inc()
         if writes or deletes:
             log.warning(
