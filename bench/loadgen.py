@@ -12,6 +12,7 @@ from this generator measure the client as much as the server; h2load is preferre
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import sys
@@ -37,7 +38,7 @@ def _worker(addr: str, method: str, body: bytes, duration: float, inflight: int,
         call(body, timeout=10.0)  # connect and warm up
         end = time.perf_counter() + duration
 
-        def on_done(fut: grpc.Future, t0: int) -> None:
+        def on_done(fut: grpc.Future[Any], t0: int) -> None:
             nonlocal errors, done
             dt = time.perf_counter_ns() - t0
             with lock:
@@ -53,7 +54,7 @@ def _worker(addr: str, method: str, body: bytes, duration: float, inflight: int,
             sem.acquire()
             t0 = time.perf_counter_ns()
             fut = call.future(body, timeout=10.0)
-            fut.add_done_callback(lambda f, t0=t0: on_done(f, t0))
+            fut.add_done_callback(functools.partial(on_done, t0=t0))
         for _ in range(inflight):  # drain
             sem.acquire(timeout=10.0)
         elapsed = time.perf_counter() - t_start

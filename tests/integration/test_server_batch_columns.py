@@ -254,3 +254,25 @@ def test_metrics_recorded_per_method(
     assert _value(text, 'gatehouse_decisions_total{result="allow"}') == 3.0
     assert _value(text, 'gatehouse_decisions_total{result="deny"}') == 3.0
     assert _value(text, 'gatehouse_decisions_total{result="error"}') == 1.0
+
+
+ANN_VIEW = sorted(["fund:f1", *[f"fund:g{i:02d}" for i in range(20)]])
+
+
+@pytest.mark.parametrize("page_size", [1, 4, 7, 21, 22, 0])
+def test_list_allowed_stream_pages_and_resume(
+    stub: pb_grpc.DecisionServiceStub, page_size: int
+) -> None:
+    req = pb.ListAllowedRequest(
+        subject="user:ann", permission="view", resource_type="fund", page_size=page_size
+    )
+    pages = list(stub.ListAllowed(req, timeout=5))
+    size = page_size or 1000
+    assert [i for p in pages for i in p.ids] == ANN_VIEW
+    assert all(len(p.ids) == min(size, 21 - k * size) for k, p in enumerate(pages))
+    assert all(p.revision == 7 for p in pages)
+    assert [bool(p.next_cursor) for p in pages] == [True] * (len(pages) - 1) + [False]
+    for k, p in enumerate(pages[:-1]):  # resuming from any page's cursor streams the rest
+        req.cursor = p.next_cursor
+        rest = [i for q in stub.ListAllowed(req, timeout=5) for i in q.ids]
+        assert rest == ANN_VIEW[(k + 1) * size :]
