@@ -66,8 +66,7 @@ class LocalAuthorizer:
             st = self._state
             if st is not None and st.data_ready and st.store.current.revision == head:
                 return st
-            rev, counts = self.projection.read(self.sor)
-            self.projection.rejected = 0
+            rev, counts = self.projection.read(self.sor, count=False)
             st = DecisionState()
             m = self.bundle.manifest
             st.activate_policy(self.bundle.schema, m.name, m.revision, self.bundle.digest)

@@ -95,23 +95,26 @@ class Projection:
                 log.error("skipping %s row %s: %s", table, row, e)
             return []
 
-    def expected(self, rows: Iterable[tuple[str, list[dict[str, object]]]]) -> dict[str, int]:
+    def expected(
+        self, rows: Iterable[tuple[str, list[dict[str, object]]]], count: bool = True
+    ) -> dict[str, int]:
         counts: dict[str, int] = {}
         for table, chunk in rows:
             for row in chunk:
-                for t in self._tuples(table, row, count=True):
+                for t in self._tuples(table, row, count=count):
                     counts[t] = counts.get(t, 0) + 1
         return counts
 
-    def read(self, sor: SystemOfRecord) -> tuple[int, dict[str, int]]:
-        """(revision, tuple counts) of every mapped row, read in one SoR transaction."""
+    def read(self, sor: SystemOfRecord, count: bool = True) -> tuple[int, dict[str, int]]:
+        """(revision, tuple counts) of every mapped row, read in one SoR transaction.
+        `count`: count (and log) rows that cannot be mapped."""
         rev = 0
         chunks: list[tuple[str, list[dict[str, object]]]] = []
         for r, table, rows in sor.snapshot(self.mapping.tables):
             rev = r
             if rows:
                 chunks.append((table, rows))
-        return rev, self.expected(chunks)
+        return rev, self.expected(chunks, count)
 
     def apply(self, txn: Transaction) -> FeedDelta:
         before: dict[str, bool] = {}
@@ -160,8 +163,9 @@ class SyncWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
-        self._pending: tuple[int, set[str], set[str]] | None = None  # (marker, writes, deletes)
-        self._last_reconcile = time.monotonic()
+        # Repairs waiting for their marker transaction: (writes, deletes).
+        self._pending: tuple[set[str], set[str]] | None = None
+        self._proj_lock = threading.Lock()  # the projection's counts and _pending
         self._caught_up_at = time.monotonic()
         self._snapshot_cache: tuple[int, list[str]] | None = None
 
@@ -171,6 +175,10 @@ class SyncWorker:
         self._thread.start()
         if self.sor.dialect == "postgresql":
             threading.Thread(target=self._listen, name="gatehouse-listen", daemon=True).start()
+        if self.reconcile_interval > 0:
+            threading.Thread(
+                target=self._reconcile_loop, name="gatehouse-reconcile", daemon=True
+            ).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -229,22 +237,24 @@ class SyncWorker:
         log.info("initial snapshot: %d tuples at revision %d", len(counts), rev)
 
     def _apply(self, txn: Transaction) -> None:
-        delta = self.projection.apply(txn)
-        if self.projection.rejected:
-            self.metrics.rejected.inc(self.projection.rejected)
-            self.projection.rejected = 0
-        pending = self._pending
-        if pending is not None:
-            marker, pw, pd = pending
-            if txn.revision == marker:
-                self._pending = None
-                delta = FeedDelta(
-                    delta.revision, delta.writes + tuple(pw), delta.deletes + tuple(pd)
-                )
-            else:  # a newer change of the same tuple wins over the repair
-                for t in delta.writes + delta.deletes:
-                    pw.discard(t)
-                    pd.discard(t)
+        with self._proj_lock:
+            delta = self.projection.apply(txn)
+            if self.projection.rejected:
+                self.metrics.rejected.inc(self.projection.rejected)
+                self.projection.rejected = 0
+            pending = self._pending
+            if pending is not None:
+                pw, pd = pending
+                if any(c.op == "reconcile" for c in txn.changes):
+                    # The marker transaction carries the repairs at a fresh revision.
+                    self._pending = None
+                    delta = FeedDelta(
+                        delta.revision, delta.writes + tuple(pw), delta.deletes + tuple(pd)
+                    )
+                else:  # a newer change of the same tuple wins over the repair
+                    for t in delta.writes + delta.deletes:
+                        pw.discard(t)
+                        pd.discard(t)
         self._publish(delta)
 
     def _tail(self, upto: int | None = None) -> int:
@@ -264,30 +274,74 @@ class SyncWorker:
         return n
 
     def reconcile(self) -> int:
-        """Re-read everything, repair drift, return the number of repaired tuples. Runs on
-        the tail thread (or before it starts)."""
-        snap_rev, expected = self.projection.read(self.sor)
-        self.projection.rejected = 0  # bad rows were counted when they changed
-        self._tail(upto=snap_rev)
-        current = self.projection.counts
-        writes = {t for t in expected if t not in current}
-        deletes = {t for t in current if t not in expected}
-        with self.cond:
-            self.projection.counts = expected
-            self._snapshot_cache = None
+        """Re-read everything, repair drift, return the number of repaired tuples.
+
+        Runs beside the tail thread, which keeps mapping changes meanwhile (a full re-read of
+        a big SoR takes seconds; freshness must not stall for it). The re-read is at
+        revision S; tuples that deltas after S touched are left alone (those deltas are
+        newer than the re-read); the rest must match it. Repairs ship as the delta of a
+        marker transaction committed afterwards, so they get a fresh revision."""
+        snap_rev, expected = self.projection.read(self.sor, count=False)
+        tailing = self._thread is not None and self._thread.is_alive()
+        if tailing:
+            with self.cond:
+                self.cond.wait_for(
+                    lambda: self.revision >= snap_rev or self._stop.is_set(), timeout=60
+                )
+        else:
+            self._tail(upto=snap_rev)
+        with self._proj_lock:
+            with self.cond:
+                if self.revision < snap_rev:
+                    return 0  # the tail is stuck (the SoR is away): try again next time
+                later = [d for d in self.ring if d.revision > snap_rev]
+                covered = self.revision == snap_rev or (
+                    bool(self.ring) and self.ring[0].revision <= snap_rev + 1
+                )
+            if not covered:
+                log.info("reconciliation skipped: the ring no longer holds revision %d", snap_rev)
+                return 0
+            touched = {t for d in later for t in d.writes + d.deletes}
+            current = self.projection.counts
+            writes = {t for t in expected if t not in current and t not in touched}
+            deletes = {t for t in current if t not in expected and t not in touched}
+            for t, n in expected.items():  # exact producer counts from now on
+                if t not in touched and current.get(t) != n:
+                    current[t] = n
+            for t in deletes:
+                del current[t]
+            if writes or deletes:
+                with self.cond:
+                    self._snapshot_cache = None
+                self._pending = (writes, deletes)
         self.metrics.reconciles.inc()
-        if writes or deletes:
-            log.warning(
-                "reconciliation at revision %d: %d missing and %d extra tuples repaired",
-                snap_rev,
-                len(writes),
-                len(deletes),
-            )
-            self.metrics.repairs.inc(len(writes) + len(deletes))
-            marker = self.sor.mark_reconcile(f"{len(writes)} writes, {len(deletes)} deletes")
-            self._pending = (marker, writes, deletes)
+        if not (writes or deletes):
+            return 0
+        log.warning(
+            "reconciliation at revision %d: %d missing and %d extra tuples repaired",
+            snap_rev,
+            len(writes),
+            len(deletes),
+        )
+        self.metrics.repairs.inc(len(writes) + len(deletes))
+        marker = self.sor.mark_reconcile(f"{len(writes)} writes, {len(deletes)} deletes")
+        if tailing:
+            self._wake.set()
+        else:
             self._tail(upto=marker)
         return len(writes) + len(deletes)
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.wait(self.reconcile_interval):
+            if not self.ready.is_set():
+                continue
+            try:
+                self.reconcile()
+            except Exception as e:
+                self.metrics.errors.inc()
+                log.warning(
+                    "reconciliation failed (%s); next try in %.0fs", e, self.reconcile_interval
+                )
 
     def _run(self) -> None:
         backoff = self.poll_interval
@@ -299,12 +353,6 @@ class SyncWorker:
                 _floor, head = self.sor.bounds()
                 self.metrics.sor_revision.set(head)
                 self._tail()
-                due = self.reconcile_interval > 0 and (
-                    time.monotonic() - self._last_reconcile >= self.reconcile_interval
-                )
-                if due:
-                    self.reconcile()
-                    self._last_reconcile = time.monotonic()
                 now = time.monotonic()
                 if self.revision >= head:
                     self._caught_up_at = now
