@@ -263,3 +263,16 @@ def test_background_compaction_keeps_later_deltas() -> None:
     assert sorted(final.tuples()) == sorted(model)
     assert final.count == len(model)
     _model_indexes(final, model)
+
+
+def test_long_reverse_runs_decode() -> None:
+    """Runs longer than the byte-copy threshold decode to the same oids as short ones."""
+    tuples = [f"fund:f{i}#viewer@user:u" for i in range(100)] + ["fund:f7#editor@user:u"]
+    store = GraphStore(min_compaction=1, background_compaction=False)
+    store.load(tuples, revision=1)
+    snap = store.apply(Delta.of(["fund:f100#viewer@user:u"], ["fund:f3#viewer@user:u"]))
+    model = (set(tuples) - {"fund:f3#viewer@user:u"}) | {"fund:f100#viewer@user:u"}
+    _model_indexes(snap, model)
+    ev = Evaluator(COMPILED)
+    ids = ev.list_allowed(snap, parse_subject("user:u"), "read", "fund")
+    assert ids == sorted(f"f{i}" for i in range(101) if i != 3)

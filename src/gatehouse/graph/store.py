@@ -56,6 +56,7 @@ _EMPTY: array[int] = array("q")
 _Index: TypeAlias = tuple[
     "array[int]", "array[int]", "dict[int, array[int]]"
 ]  # offsets, entries, overlay
+_LITTLE = sys.byteorder == "little" and array("I").itemsize == 4
 _OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
 _RUN = 1 << 18  # entries copied per C call while repacking (bounds GIL hold time)
 
@@ -295,6 +296,11 @@ class Snapshot:
         a, b = _run(arr, lo, hi, base, base + R_STEP)
         if a == b:
             return _EMPTY
+        if _LITTLE and b - a > 16:
+            # The oid is the low 4 bytes of each 8-byte entry: copy those out in C.
+            out = array("I")
+            out.frombytes(memoryview(arr[a:b]).cast("B").cast("I")[::2].tobytes())
+            return out
         return array("q", map(sub, arr[a:b], repeat(base)))
 
     def has_entry(self, oid: int, e: int) -> bool:
