@@ -131,3 +131,44 @@ def test_helm_chart_renders() -> None:
     ).stdout
     kinds = [d["kind"] for d in yaml.safe_load_all(out) if d]
     assert "Deployment" in kinds and "Service" in kinds
+
+
+def test_the_wheel_carries_migrations_and_type_stubs(tmp_path: pathlib.Path) -> None:
+    """A non-editable install (the container image) needs the Alembic migrations and the
+    generated stubs as package data."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = DEPLOY.parent
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("gatehouse-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in (
+        "gatehouse/sor/migrations/env.py",
+        "gatehouse/sor/migrations/script.py.mako",
+        "gatehouse/sor/migrations/versions/0001_initial.py",
+        "gatehouse/v1/decision_pb2.pyi",
+        "gatehouse/py.typed",
+    ):
+        assert needed in names, needed
+
+
+def test_the_image_keeps_the_seed_bundles_for_the_demo() -> None:
+    text = (DEPLOY / "Containerfile").read_text()
+    assert "cp -r bundles /usr/share/gatehouse/bundles" in text
+    assert "ENV GATEHOUSE_BUNDLES=/usr/share/gatehouse/bundles" in text

@@ -9,6 +9,7 @@ addresses and commands to try, and stops both processes on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import shlex
 import signal
@@ -29,7 +30,10 @@ from gatehouse.bundle.loader import load_bundle
 from gatehouse.sor.fixtures import load_fixture
 from gatehouse.sor.store import SystemOfRecord
 
-DEFAULT_BUNDLES = pathlib.Path(__file__).resolve().parents[3] / "bundles"
+# The seed bundles: the source tree's, or where an installed image put them.
+DEFAULT_BUNDLES = pathlib.Path(
+    os.environ.get("GATEHOUSE_BUNDLES") or pathlib.Path(__file__).resolve().parents[3] / "bundles"
+)
 
 
 def register(subparsers: Any) -> None:
