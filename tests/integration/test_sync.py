@@ -547,3 +547,20 @@ def test_reconciliation_runs_beside_the_tail_and_keeps_exact_counts(
         f.stop()
         h.stop(0.5)
         w.stop()
+
+
+def test_tricky_ids_map_the_same_on_both_databases(sor: SystemOfRecord) -> None:
+    """RELIABILITY T07 in the sync path: ids that differ only by case stay distinct; a
+    trailing space or a non-ASCII (NFC/NFD) id is refused (counted), never normalised into
+    somebody else's id."""
+    w = SyncWorker(sor, MAPPING, reconcile_interval=0)
+    ids = ["Ann", "ann", "ann ", "añn", "an\u0303n"]
+    with sor.transaction() as tx:
+        tx.insert_many(
+            "group_members",
+            [{"group_id": "g", "member_type": "user", "member_id": i} for i in ids],
+        )
+    rev, counts = w.projection.read(sor)
+    assert rev == tx.revision
+    assert set(counts) == {"group:g#member@user:Ann", "group:g#member@user:ann"}
+    assert w.projection.rejected == 3
