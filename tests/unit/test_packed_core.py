@@ -276,3 +276,29 @@ def test_long_reverse_runs_decode() -> None:
     ev = Evaluator(COMPILED)
     ids = ev.list_allowed(snap, parse_subject("user:u"), "read", "fund")
     assert ids == sorted(f"f{i}" for i in range(101) if i != 3)
+
+
+def test_closure_cache_is_per_snapshot() -> None:
+    """A cached closure never answers for another snapshot; no cache gives the same answers."""
+    store = GraphStore()
+    s1 = store.load(
+        [
+            "group:a#member@user:ann",
+            "group:b#member@group:a#member",
+            "fund:f#viewer@group:b#member",
+        ],
+        revision=1,
+    )
+    s2 = store.apply(Delta.of([], ["group:b#member@group:a#member"]))
+    ann, f = parse_subject("user:ann"), parse_object("fund:f")
+    cached, plain = Evaluator(COMPILED), Evaluator(COMPILED, closure_cache=0)
+    for ev in (cached, plain):
+        for _ in range(2):
+            assert ev.check(s1, ann, "read", f).allowed
+            assert not ev.check(s2, ann, "read", f).allowed
+            assert ev.check(s1, ann, "read", f).reason == "through group:b#member"
+    tiny = Evaluator(COMPILED, closure_cache=1)  # cleared on every new subject
+    for u in ("user:ann", "user:bob", "user:ann"):
+        assert tiny.check(s1, parse_subject(u), "read", f).allowed is (u == "user:ann")
+    with pytest.raises(ValueError):
+        Evaluator(COMPILED, closure_cache=-1)

@@ -144,11 +144,23 @@ class Evaluator:
     Every failure raises an `EngineError`; callers turn it into a deny.
     """
 
-    def __init__(self, schema: CompiledSchema, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    def __init__(
+        self,
+        schema: CompiledSchema,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        closure_cache: int = 16384,
+    ) -> None:
+        """`closure_cache`: how many subjects' group closures the compiled check keeps for
+        the snapshot it last ran on (0: none). A closure depends only on the snapshot, so
+        reuse is exact; the table is dropped when a check sees another snapshot and cleared
+        when full."""
         if max_depth < 1:
             raise ValueError("max_depth must be at least 1")
+        if closure_cache < 0:
+            raise ValueError("closure_cache must not be negative")
         self.schema = schema
         self.max_depth = max_depth
+        self.closure_cache = closure_cache
         self._calls: dict[int, Plan | None] = {}
         self._closure_keys = _closure_relations(schema)
         self._rid_plans: dict[int, tuple[Plan | None, bool]] = {}
@@ -202,12 +214,20 @@ class Evaluator:
                 return Decision(False, snap.revision, "no_path")
             s = look(f"{subject.type}:{subject.id}")
             w = it.wildcards.get(subject.type)
+            cache = None
+            if self.closure_cache:
+                held = prog.closures
+                if held[0] is not snap:
+                    held = prog.closures = (snap, {})
+                cache = held[1]
             fq = _FastQuery(
                 snap,
                 -1 if s is None else s << REL_BITS,
                 -1 if w is None else w << REL_BITS,
                 prog.closure_rids,
                 self.max_depth,
+                cache,
+                self.closure_cache,
             )
             try:
                 reason = fn(fq, oid)
@@ -902,10 +922,12 @@ class _FastQuery:
     and the subject's userset closure (computed on first need)."""
 
     __slots__ = (
+        "cache",
         "closure",
         "f_dat",
         "f_off",
         "f_ov",
+        "limit",
         "max_depth",
         "memo",
         "nf",
@@ -916,8 +938,19 @@ class _FastQuery:
         "wk",
     )
 
-    def __init__(self, snap: Snapshot, sk: int, wk: int, rids: list[int], max_depth: int) -> None:
+    def __init__(
+        self,
+        snap: Snapshot,
+        sk: int,
+        wk: int,
+        rids: list[int],
+        max_depth: int,
+        cache: dict[tuple[int, int], tuple[set[int], bool]] | None = None,
+        limit: int = 0,
+    ) -> None:
         self.snap = snap
+        self.cache = cache
+        self.limit = limit
         self.f_ov = snap.f_ov
         self.f_off = snap.f_off
         self.f_dat = snap.f_dat
@@ -931,11 +964,19 @@ class _FastQuery:
         self.memo: dict[int, str | None] = {}
 
     def members(self) -> set[int]:
+        """The subject's closure (never mutated: it may be shared through the cache)."""
         c = self.closure
         if c is None:
-            c, self.truncated = _closure_packed(
-                self.snap, self.sk, self.wk, self.rids, self.max_depth
-            )
+            cache = self.cache
+            key = (self.sk, self.wk)
+            hit = None if cache is None else cache.get(key)
+            if hit is None:
+                hit = _closure_packed(self.snap, self.sk, self.wk, self.rids, self.max_depth)
+                if cache is not None:
+                    if len(cache) >= self.limit:
+                        cache.clear()
+                    cache[key] = hit
+            c, self.truncated = hit
             self.closure = c
         return c
 
@@ -955,6 +996,11 @@ class _Program:
         self.other_rids: set[int] = set()
         self.closure_rids: list[int] = []
         self.depths: dict[int, int] = {}  # id(node) -> arrow hops below it
+        # subject closures for one snapshot: (snapshot, (sk, wk) -> (closure, truncated))
+        self.closures: tuple[Snapshot | None, dict[tuple[int, int], tuple[set[int], bool]]] = (
+            None,
+            {},
+        )
 
     def depth_of(self, node: _Node) -> int:
         return self.depths.get(id(node), 0)
