@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import threading
 import urllib.request
 from collections.abc import Iterator
 
@@ -15,6 +17,7 @@ from gatehouse.engine.state import DecisionState
 from gatehouse.graph.tuples import Delta
 from gatehouse.model.compiler import compile_schema
 from gatehouse.server import ServerHandle, serve
+from gatehouse.server.app import freeze_heap_once
 from gatehouse.v1 import decision_pb2 as pb
 from gatehouse.v1 import decision_pb2_grpc as pb_grpc
 
@@ -276,3 +279,15 @@ def test_list_allowed_stream_pages_and_resume(
         req.cursor = p.next_cursor
         rest = [i for q in stub.ListAllowed(req, timeout=5) for i in q.ids]
         assert rest == ANN_VIEW[(k + 1) * size :]
+
+
+def test_heap_frozen_once_ready(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for _ in range(200):  # the health thread freezes before it reports SERVING
+        r = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        if r.status == health_pb2.HealthCheckResponse.SERVING:
+            break
+        threading.Event().wait(0.05)
+    assert r.status == health_pb2.HealthCheckResponse.SERVING
+    assert gc.get_freeze_count() > 0
+    assert freeze_heap_once() is False  # once per process
