@@ -9,16 +9,25 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 import pytest
 from sqlalchemy import insert
 
 from gatehouse.engine.state import DecisionState
+from gatehouse.graph.store import GraphStore
 from gatehouse.graph.tuples import ObjectRef, SubjectRef
+from gatehouse.model.compiler import compile_schema
 from gatehouse.sor.store import SystemOfRecord, WriteTx
 from gatehouse.sor.tables import group_members
-from gatehouse.sync.client import DATA_FILE, FeedFollower, read_snapshot, write_snapshot
+from gatehouse.sync.client import (
+    DATA_FILE,
+    FeedFollower,
+    atomic_write,
+    snapshot_revision,
+    write_snapshot,
+)
 from gatehouse.sync.feed import FeedHandle, serve_feed
 from gatehouse.sync.mapping import parse_mapping
 from gatehouse.sync.worker import SyncWorker
@@ -71,8 +80,29 @@ def feed(worker: SyncWorker) -> Iterator[FeedHandle]:
     h.stop(0.5)
 
 
+TEST_SCHEMA = compile_schema(
+    """
+definition user {}
+definition folder {}
+definition group { relation member: user | group#member }
+definition doc {
+    relation parent: folder
+    relation viewer: user | group#member
+    relation editor: user | group#member
+}
+"""
+)
+
+
+def policy_state(digest: str = "test-schema") -> DecisionState:
+    """A sidecar's state with the test policy active (persisted data is tagged with it)."""
+    st = DecisionState()
+    st.activate_policy(TEST_SCHEMA, "test", 1, digest)
+    return st
+
+
 def follower(feed: FeedHandle, data_dir: str | None = None) -> FeedFollower:
-    f = FeedFollower(DecisionState(), f"127.0.0.1:{feed.port}", data_dir=data_dir)
+    f = FeedFollower(policy_state(), f"127.0.0.1:{feed.port}", data_dir=data_dir)
     f.start()
     return f
 
@@ -228,7 +258,7 @@ def test_follower_persists_and_resumes_from_its_revision(
     r = grant(sor, "user:ann", "viewer", "d1")
     tuples_at(f, r)
     f.stop()
-    assert read_snapshot(os.path.join(data, DATA_FILE)) == (r, ["doc:d1#viewer@user:ann"])
+    assert snapshot_revision(os.path.join(data, DATA_FILE)) == r
     r2 = grant(sor, "user:bob", "viewer", "d2")
     g = follower(feed, data)
     try:
@@ -239,17 +269,29 @@ def test_follower_persists_and_resumes_from_its_revision(
         g.stop()
 
 
-def test_a_corrupt_persisted_snapshot_is_ignored(tmp_path: Path) -> None:
+def _store_at(revision: int, tuples: list[str]) -> GraphStore:
+    store = GraphStore()
+    store.load(tuples, revision)
+    return store
+
+
+def test_a_persisted_snapshot_restores_only_when_intact_and_under_its_policy(
+    tmp_path: Path,
+) -> None:
     path = str(tmp_path / DATA_FILE)
-    write_snapshot(path, 7, ["doc:d#viewer@user:a"])
-    assert read_snapshot(path) == (7, ["doc:d#viewer@user:a"])
-    with open(path, "r+", encoding="utf-8") as fh:
-        text = fh.read().replace("user:a", "user:b")
-        fh.seek(0)
-        fh.write(text)
-    assert read_snapshot(path) is None
-    f = FeedFollower(DecisionState(), "127.0.0.1:1", data_dir=str(tmp_path))
-    assert f.restore() is None and not f.state.data_ready
+    write_snapshot(path, _store_at(7, ["doc:d#viewer@user:a"]).current, "test-schema")
+    ok = FeedFollower(policy_state(), "127.0.0.1:1", data_dir=str(tmp_path))
+    assert ok.restore() == 7
+    assert set(ok.state.store.current.tuples()) == {"doc:d#viewer@user:a"}
+    # Written under another policy: its tuples were never validated against this one.
+    other = FeedFollower(policy_state("another"), "127.0.0.1:1", data_dir=str(tmp_path))
+    assert other.restore() is None and not other.state.data_ready
+    # One flipped byte: refused whole.
+    raw = bytearray(Path(path).read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    Path(path).write_bytes(bytes(raw))
+    bad = FeedFollower(policy_state(), "127.0.0.1:1", data_dir=str(tmp_path))
+    assert bad.restore() is None and not bad.state.data_ready
 
 
 def test_worker_metrics_are_served(sor: SystemOfRecord, worker: SyncWorker) -> None:
@@ -437,15 +479,15 @@ def test_a_failed_persist_keeps_the_previous_snapshot(tmp_path: Path) -> None:
     import errno
 
     path = str(tmp_path / DATA_FILE)
-    write_snapshot(path, 3, ["doc:d#viewer@user:a"])
+    write_snapshot(path, _store_at(3, ["doc:d#viewer@user:a"]).current, "test-schema")
 
-    def filling_up() -> Iterator[str]:
-        yield "doc:d#viewer@user:b"
+    def filling_up(f: BinaryIO) -> None:
+        f.write(b"GHSNAP1\n half of a file")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError):
-        write_snapshot(path, 4, filling_up())
-    assert read_snapshot(path) == (3, ["doc:d#viewer@user:a"])
+        atomic_write(path, filling_up)
+    assert snapshot_revision(path) == 3
     assert os.listdir(tmp_path) == [DATA_FILE]
 
 
@@ -456,7 +498,7 @@ def test_after_a_crash_the_journal_restores_the_last_applied_revision(
     deltas applied since were journaled before they were applied; a server restarted after
     a crash, with the worker unreachable, answers at exactly its last revision."""
     data = str(tmp_path / "data")
-    f = FeedFollower(DecisionState(), f"127.0.0.1:{feed.port}", data_dir=data, persist_every=3600)
+    f = FeedFollower(policy_state(), f"127.0.0.1:{feed.port}", data_dir=data, persist_every=3600)
     f.start()
     r = grant(sor, "user:ann", "viewer", "d0")
     tuples_at(f, r)
@@ -468,9 +510,9 @@ def test_after_a_crash_the_journal_restores_the_last_applied_revision(
     f._call.cancel()
     for t in f._threads:
         t.join(5)
-    snap_rev, _ = read_snapshot(os.path.join(data, DATA_FILE)) or (None, None)
+    snap_rev = snapshot_revision(os.path.join(data, DATA_FILE))
     assert snap_rev is not None and snap_rev < r  # the snapshot alone would go back in time
-    g = FeedFollower(DecisionState(), "127.0.0.1:1", data_dir=data)  # nobody listens there
+    g = FeedFollower(policy_state(), "127.0.0.1:1", data_dir=data)  # nobody listens there
     assert g.restore() == r
     assert set(g.state.store.current.tuples()) == before
 

@@ -8,6 +8,7 @@ port (see `gatehouse.cli._supervise`); `--threads` is the RPC thread count of ea
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pathlib
 import random
@@ -186,8 +187,11 @@ def start_feed(
         policy_freshness.touch()
     else:
         sp = pathlib.Path(args.schema)
-        schema = compile_schema(sp.read_text(encoding="utf-8"), source=str(sp))
-        state.activate_policy(schema, name=sp.stem, revision=1)
+        text = sp.read_text(encoding="utf-8")
+        schema = compile_schema(text, source=str(sp))
+        # The digest identifies the policy the persisted data was validated under.
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        state.activate_policy(schema, name=sp.stem, revision=1, digest=digest)
         policy_freshness.touch()
     data_dir = args.data_dir
     if data_dir and args.workers > 1:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from gatehouse.engine.evaluator import DEFAULT_MAX_DEPTH, Evaluator
 from gatehouse.engine.validate import validate_delta
+from gatehouse.graph import persist
+from gatehouse.graph.persist import SnapshotFileError
 from gatehouse.graph.store import GraphStore, Snapshot
 from gatehouse.graph.tuples import Delta, Tuple, parse_tuple
 from gatehouse.model.compiler import CompiledSchema
@@ -103,6 +105,21 @@ class DecisionState:
         if policy is not None:
             validate_delta(policy.schema, Delta(tuple(parsed)))
         snap = self.store.load(parsed, revision)
+        self._data_ready = True
+        return snap
+
+    def load_packed(self, data: bytes) -> Snapshot:
+        """Restore the graph from a binary snapshot file (`gatehouse.graph.persist`) into an
+        empty state. Only a file written under the very policy now active (same digest) is
+        accepted: its tuples were validated against that policy when they were applied."""
+        policy = self._policy
+        if policy is None or not policy.digest:
+            raise SnapshotFileError("no identified policy is active: cannot trust the file")
+        # The digest is checked before anything is published.
+        peek = persist.header(data)
+        if peek.get("meta", {}).get("policy_digest") != policy.digest:
+            raise SnapshotFileError("the file was written under another policy")
+        snap, _meta = persist.load(self.store, data)
         self._data_ready = True
         return snap
 

@@ -9,7 +9,6 @@ to `data_dir` (temp file, fsync, rename, with a checksum) and a restart resumes 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -19,11 +18,14 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import grpc
 
 from gatehouse.engine.state import DecisionState
+from gatehouse.graph import persist
+from gatehouse.graph.persist import SnapshotFileError
+from gatehouse.graph.store import Snapshot
 from gatehouse.graph.tuples import Delta
 from gatehouse.sync.feed import MAX_MESSAGE
 from gatehouse.v1 import feed_pb2, feed_pb2_grpc
@@ -32,7 +34,6 @@ log = logging.getLogger("gatehouse.feed")
 
 DATA_FILE = "data.snapshot"
 JOURNAL_FILE = "data.journal"
-_MAGIC = "# gatehouse data snapshot v1"
 
 
 @dataclass
@@ -43,25 +44,18 @@ class FollowerStats:
     reconnects: int = 0
 
 
-def write_snapshot(path: str, revision: int, tuples: Iterable[str]) -> None:
-    """Write atomically: readers (and a crash) see the old file or the complete new one."""
-    h = hashlib.sha256()
-    tmp = f"{path}.tmp.{os.getpid()}"
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file so that readers (and a crash) see the old file or the complete new one:
+    temp file, fsync, rename, fsync the directory. A failure (a full disk) removes the temp
+    file and leaves the old one valid."""
+    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            head = f"{_MAGIC} revision={revision}\n"
-            f.write(head)
-            h.update(head.encode())
-            for t in tuples:
-                line = t + "\n"
-                f.write(line)
-                h.update(line.encode())
-            f.write(f"# sha256={h.hexdigest()}\n")
+        with open(tmp, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        # A full disk must not leave a half-written temp file (the old snapshot stays valid).
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
@@ -72,25 +66,18 @@ def write_snapshot(path: str, revision: int, tuples: Iterable[str]) -> None:
         os.close(dfd)
 
 
-def read_snapshot(path: str) -> tuple[int, list[str]] | None:
-    """(revision, tuples), or None when the file is missing, truncated or corrupt."""
+def write_snapshot(path: str, snap: Snapshot, policy_digest: str) -> None:
+    """Persist `snap` as a binary snapshot file, tagged with the policy it was valid under."""
+    atomic_write(path, lambda f: persist.dump(snap, f, {"policy_digest": policy_digest}))
+
+
+def snapshot_revision(path: str) -> int | None:
+    """The revision a snapshot file holds (header only, unchecked); None if unreadable."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except (OSError, UnicodeDecodeError):
+        with open(path, "rb") as f:
+            return int(persist.header(f.read(1 << 20))["revision"])
+    except (OSError, SnapshotFileError, KeyError, TypeError, ValueError):
         return None
-    if len(lines) < 3 or lines[-1] != "" or not lines[0].startswith(_MAGIC + " revision="):
-        return None
-    h = hashlib.sha256()
-    for line in lines[:-2]:
-        h.update((line + "\n").encode())
-    if lines[-2] != f"# sha256={h.hexdigest()}":
-        return None
-    try:
-        revision = int(lines[0].rsplit("=", 1)[1])
-    except ValueError:
-        return None
-    return revision, lines[1:-2]
 
 
 class Journal:
@@ -201,19 +188,22 @@ class FeedFollower:
         path = self.path
         if path is None:
             return None
-        got = read_snapshot(path)
-        if got is None:
-            if os.path.exists(path):
-                log.error("ignoring corrupt data snapshot %s", path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = None
+        snap = None
+        if data is not None:
+            try:
+                snap = self.state.load_packed(data)
+            except SnapshotFileError as e:
+                log.error("ignoring data snapshot %s: %s", path, e)
+        if snap is None:
             if self.journal is not None:
                 self.journal.truncate_through(2**62)  # deltas without their base are useless
             return None
-        revision, tuples = got
-        try:
-            self.state.load_data(tuples, revision)
-        except Exception as e:
-            log.error("ignoring data snapshot %s: %s", path, e)
-            return None
+        revision = snap.revision
         self._persisted = revision
         replayed = 0
         if self.journal is not None:
@@ -228,7 +218,7 @@ class FeedFollower:
                 replayed += 1
         log.info(
             "restored %d tuples at revision %d from %s and %d journaled deltas",
-            len(tuples),
+            snap.count,
             revision,
             path,
             replayed,
@@ -262,11 +252,14 @@ class FeedFollower:
     def persist(self) -> None:
         if self.path is None or not self.state.data_ready:
             return
+        policy = self.state.policy
+        if policy is None or not policy.digest:
+            return  # a file nobody could trust on restore is not worth writing
         with self._persist_lock:  # the feed thread persists a new base; so does the timer
-            snap = self.state.store.current  # immutable: safe to walk while deltas apply
+            snap = self.state.store.current  # immutable: safe to read while deltas apply
             if snap.revision == self._persisted:
                 return
-            write_snapshot(self.path, snap.revision, snap.tuples())
+            write_snapshot(self.path, snap, policy.digest)
             self._persisted = snap.revision
             if self.journal is not None:
                 self.journal.truncate_through(snap.revision)
