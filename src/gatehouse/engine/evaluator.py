@@ -140,8 +140,11 @@ class _Query:
 class Evaluator:
     """Answers queries against any snapshot using one compiled schema.
 
-    Thread-safe and stateless between calls: all per-request state lives in `_Query`.
-    Every failure raises an `EngineError`; callers turn it into a deny.
+    Thread-safe. Per-request state lives in `_Query` / `_FastQuery`; between calls it keeps
+    only derived, exact data: the plans compiled for an interner's relation ids, and the
+    group closures of recent subjects for the one snapshot it last checked on (see
+    `closure_cache`). Answers never depend on call history. Every failure raises an
+    `EngineError`; callers turn it into a deny.
     """
 
     def __init__(
