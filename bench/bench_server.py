@@ -18,6 +18,8 @@ core 0 (`taskset -c 0`), wait until gRPC health reports SERVING, then measure fr
   other processes competing for the server's core, so it is reported beside every rate.
 * ListAllowed of the big tenant's admin (~10,000 ids, page_size 10,000, whole stream read)
   with the Python client, sequential calls, p50/p99, and the server's CPU time per call.
+* After the server stops: Ping against a bare grpcio server (generated stubs only, same core,
+  same thread count), the floor any grpcio-based stack starts from.
 
 If `h2load` is missing, `apt-get install -y nghttp2-client` is tried once; if that fails the
 multi-process Python generator in bench/loadgen.py is used (and the table says so).
@@ -242,6 +244,46 @@ def verify(ch: grpc.Channel, method: str, framed: bytes) -> bytes:
     return resp
 
 
+# A bare grpcio server answering Ping with the generated stubs: no gatehouse code at all.
+BARE_SERVER = """
+import signal, sys, threading
+from concurrent import futures
+import grpc
+from gatehouse.v1 import decision_pb2 as pb, decision_pb2_grpc as pb_grpc
+class Servicer(pb_grpc.DecisionServiceServicer):
+    def Ping(self, request, context):
+        return pb.PingResponse()
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=int(sys.argv[2])))
+pb_grpc.add_DecisionServiceServicer_to_server(Servicer(), server)
+server.add_insecure_port(sys.argv[1])
+server.start()
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+stop.wait()
+server.stop(0)
+"""
+
+
+def bare_ping(a: argparse.Namespace, h2load: str, tmp: Path) -> Load:
+    """Ping against BARE_SERVER (same core, same thread count): grpcio's own floor."""
+    addr = f"127.0.0.1:{free_port()}"
+    cmd = ["taskset", "-c", SERVER_CORE, sys.executable, "-c", BARE_SERVER, addr, str(a.threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with grpc.insecure_channel(addr) as ch:
+            grpc.channel_ready_future(ch).result(timeout=30)
+            body = frame(pb.PingRequest())
+            verify(ch, "Ping", body)
+        return h2load_run(h2load, addr, "Ping", body, a.duration, tmp, proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def run_size(n: int, a: argparse.Namespace, h2load: str | None) -> dict[str, Any]:
     res: dict[str, Any] = {"target": n}
     rng = random.Random(a.seed)
@@ -347,6 +389,10 @@ def run_size(n: int, a: argparse.Namespace, h2load: str | None) -> dict[str, Any
             log.close()
             if "list_p99" not in res:
                 sys.stderr.write((tmp / "server.log").read_text(errors="replace")[-3000:])
+        if h2load:
+            res["bare"] = ld = bare_ping(a, h2load, tmp)
+            print(f"[{n}] bare grpcio Ping: {ld.rps:,.0f} RPC/s, server CPU {ld.cpu_us:.0f} µs/RPC",
+                  file=sys.stderr, flush=True)  # fmt: skip
     return res
 
 
@@ -367,7 +413,9 @@ def table(results: list[dict[str, Any]], a: argparse.Namespace, tool: str, loads
         f"flight, {a.duration:g} s per measurement after 1 s warm-up. Ping is measured before "
         "and after the checks; the ratio uses their mean. Server CPU/RPC is the server "
         "process's CPU time over a run divided by the requests answered (less sensitive to "
-        "competing processes than RPC/s). ListAllowed: Python client, "
+        "competing processes than RPC/s). The bare grpcio Ping runs after the server is "
+        "stopped, on the same core with the same thread count: a grpcio server with only "
+        "the generated stubs, i.e. the floor of the stack. ListAllowed: Python client, "
         f"sequential, {a.lists} calls, page_size 10,000, whole stream read.",
         "",
         f"| metric | target | {cols} |",
@@ -383,6 +431,9 @@ def table(results: list[dict[str, Any]], a: argparse.Namespace, tool: str, loads
         [f"{r['ping1'].rps:,.0f} / {r['ping2'].rps:,.0f}" for r in results])  # fmt: skip
     row("Ping server CPU per RPC (µs, before / after)", "",
         [f"{r['ping1'].cpu_us:.0f} / {r['ping2'].cpu_us:.0f}" for r in results])  # fmt: skip
+    if all("bare" in r for r in results):
+        row("bare grpcio Ping (no gatehouse code): RPC/s, server CPU per RPC (µs)", "",
+            [f"{r['bare'].rps:,.0f}, {r['bare'].cpu_us:.0f}" for r in results])  # fmt: skip
     for key, label in (("check_allowed", "allowed"), ("check_denied", "denied")):
         row(f"Check {label} RPC/s", "", [f"{r[key].rps:,.0f}" for r in results])
     row("Check server CPU per RPC (µs, allowed / denied)", "",

@@ -308,7 +308,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             # The common case, one call per check: the same as `_decide` without logging.
             check, snap = view.policy.evaluator.check, view.snapshot
             sub, res = self._subject, self._resource
-            decisions = [check(snap, sub(s), p, res(r)) for s, p, r in cols]
+            subs, ress = self._subjects.get, self._resources.get  # hits skip a call each
+            decisions = [check(snap, subs(s) or sub(s), p, ress(r) or res(r)) for s, p, r in cols]
         else:
             decide = self._decide
             decisions = [decide(view, s, p, r, "CheckBatch") for s, p, r in cols]
