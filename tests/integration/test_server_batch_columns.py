@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
 import threading
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -291,3 +293,28 @@ def test_heap_frozen_once_ready(channel: grpc.Channel) -> None:
     assert r.status == health_pb2.HealthCheckResponse.SERVING
     assert gc.get_freeze_count() > 0
     assert freeze_heap_once() is False  # once per process
+
+
+def test_columns_with_decision_log_and_cache(state: DecisionState, tmp_path: Path) -> None:
+    # Logging and the decision cache take the general path: same answers, one entry per check.
+    path = tmp_path / "decisions.jsonl"
+    handle = serve(
+        state, listen="127.0.0.1:0", decision_log=str(path), decision_cache_size=8, max_workers=2
+    )
+    try:
+        with grpc.insecure_channel(handle.address) as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)  # type: ignore[no-untyped-call]
+            req = pb.CheckBatchRequest(
+                subjects=SUBJECTS, permissions=["view"], resources=RESOURCES, with_reasons=True
+            )
+            first = stub.CheckBatch(req, timeout=5)
+            again = stub.CheckBatch(req, timeout=5)  # from the cache
+    finally:
+        handle.stop(0.5)
+    assert list(first.allowed) == list(again.allowed) == [True, False, True, True, False, False]
+    assert list(first.reasons) == list(again.reasons)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 2 * len(SUBJECTS)
+    assert {e["method"] for e in lines} == {"CheckBatch"}
+    assert [e["allowed"] for e in lines[: len(SUBJECTS)]] == list(first.allowed)
+    assert [e["subject"] for e in lines[: len(SUBJECTS)]] == SUBJECTS
