@@ -16,18 +16,13 @@ import pytest
 from sqlalchemy import insert
 
 from gatehouse.engine.state import DecisionState
+from gatehouse.files import atomic_write
 from gatehouse.graph.store import GraphStore
 from gatehouse.graph.tuples import ObjectRef, SubjectRef
 from gatehouse.model.compiler import compile_schema
 from gatehouse.sor.store import SystemOfRecord, WriteTx
 from gatehouse.sor.tables import group_members
-from gatehouse.sync.client import (
-    DATA_FILE,
-    FeedFollower,
-    atomic_write,
-    snapshot_revision,
-    write_snapshot,
-)
+from gatehouse.sync.client import DATA_FILE, FeedFollower, snapshot_revision, write_snapshot
 from gatehouse.sync.feed import FeedHandle, serve_feed
 from gatehouse.sync.mapping import parse_mapping
 from gatehouse.sync.worker import SyncWorker
@@ -127,6 +122,23 @@ def grant(sor: SystemOfRecord, subject: str, level: str, doc: str) -> int:
     return tx.revision
 
 
+def ungrant(sor: SystemOfRecord, subject: str, level: str, resource: str) -> int:
+    kind, _, sid = subject.partition(":")
+    rtype, _, rid = resource.partition(":")
+    with sor.transaction() as tx:
+        gone = tx.delete(
+            "access_grants",
+            subject_type=kind,
+            subject_id=sid,
+            level=level,
+            resource_type=rtype,
+            resource_id=rid,
+            tenant_id="",
+        )
+    assert gone is not None
+    return tx.revision
+
+
 def test_each_transaction_arrives_as_one_delta_at_its_revision(
     sor: SystemOfRecord, feed: FeedHandle
 ) -> None:
@@ -168,17 +180,8 @@ def test_two_rows_producing_one_tuple_keep_it_until_both_are_gone(
         grant(sor, "user:ann", "viewer", "d1")
         r = grant(sor, "user:ann", "editor", "d1")  # also maps to doc:d1#viewer@user:ann
         assert "doc:d1#viewer@user:ann" in tuples_at(f, r)
-        with sor.transaction() as tx:
-            tx.delete(
-                "access_grants",
-                subject_type="user",
-                subject_id="ann",
-                level="viewer",
-                resource_type="doc",
-                resource_id="d1",
-                tenant_id="",
-            )
-        assert tuples_at(f, tx.revision) == {"doc:d1#viewer@user:ann", "doc:d1#editor@user:ann"}
+        rev = ungrant(sor, "user:ann", "viewer", "doc:d1")
+        assert tuples_at(f, rev) == {"doc:d1#viewer@user:ann", "doc:d1#editor@user:ann"}
     finally:
         f.stop()
 
@@ -442,17 +445,7 @@ def test_at_least_revision_is_never_answered_from_older_data(
     try:
         assert f.state.wait_for_revision(tx.revision, 20) is not None
         worker.stop()  # paused: nothing new reaches the sidecar
-        with sor.transaction() as tx:
-            tx.delete(
-                "access_grants",
-                subject_type="user",
-                subject_id="eve",
-                level="viewer",
-                resource_type="fund",
-                resource_id="f1",
-                tenant_id="",
-            )
-        revoked_at = tx.revision
+        revoked_at = ungrant(sor, "user:eve", "viewer", "fund:f1")
         req = pb.CheckRequest(
             subject="user:eve", permission="read", resource="fund:f1", at_least_revision=revoked_at
         )

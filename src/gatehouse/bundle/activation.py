@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 from gatehouse.bundle.assertions import run_assertions
 from gatehouse.bundle.errors import AssertionsFailed
 from gatehouse.bundle.loader import Bundle
 from gatehouse.engine.state import DecisionState, Policy
+from gatehouse.files import atomic_write
 
 LAST_GOOD_NAME = "last-good.tar.gz"
 
@@ -46,22 +44,4 @@ def persist_last_good(
     """Atomically write `bundle_bytes` to `directory/name` (temp file, fsync, rename)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    target = d / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(bundle_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return target
+    return atomic_write(d / name, lambda f: f.write(bundle_bytes))

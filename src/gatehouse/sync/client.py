@@ -8,7 +8,6 @@ to `data_dir` (temp file, fsync, rename, with a checksum) and a restart resumes 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -18,11 +17,12 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import grpc
 
 from gatehouse.engine.state import DecisionState
+from gatehouse.files import atomic_write
 from gatehouse.graph import persist
 from gatehouse.graph.persist import SnapshotFileError
 from gatehouse.graph.store import Snapshot
@@ -42,28 +42,6 @@ class FollowerStats:
     deltas: int = 0
     rejected: int = 0
     reconnects: int = 0
-
-
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file so that readers (and a crash) see the old file or the complete new one:
-    temp file, fsync, rename, fsync the directory. A failure (a full disk) removes the temp
-    file and leaves the old one valid."""
-    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def write_snapshot(path: str, snap: Snapshot, policy_digest: str) -> None:
