@@ -8,11 +8,11 @@ Adapters (the gRPC servicer, the bundle activator, the feed client) share one
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from gatehouse.engine.evaluator import DEFAULT_MAX_DEPTH, Evaluator
-from gatehouse.engine.validate import validate_delta
+from gatehouse.engine.validate import ShapeCheck, validate_delta
 from gatehouse.graph import persist
 from gatehouse.graph.persist import SnapshotFileError
 from gatehouse.graph.store import GraphStore, Snapshot
@@ -99,12 +99,20 @@ class DecisionState:
             return policy
 
     def load_data(self, tuples: Iterable[Tuple | str], revision: int) -> Snapshot:
-        """Replace the whole graph (initial sync or restore from disk)."""
-        parsed = [parse_tuple(t) if isinstance(t, str) else t for t in tuples]
+        """Replace the whole graph (initial sync or restore from disk). Every tuple is
+        checked against the active policy as the store consumes it; a refused one aborts
+        the load before anything is published."""
         policy = self._policy
-        if policy is not None:
-            validate_delta(policy.schema, Delta(tuple(parsed)))
-        snap = self.store.load(parsed, revision)
+
+        def checked() -> Iterator[Tuple]:
+            shapes = ShapeCheck(policy.schema) if policy is not None else None
+            for t in tuples:
+                p = parse_tuple(t) if isinstance(t, str) else t
+                if shapes is not None:
+                    shapes.check(p)
+                yield p
+
+        snap = self.store.load(checked(), revision)
         self._data_ready = True
         return snap
 

@@ -393,23 +393,32 @@ class GraphStore:
         return snap
 
     def load(self, tuples: Iterable[Tuple | str], revision: int) -> Snapshot:
-        """Replace the whole graph (initial sync, snapshot restore). All or nothing."""
-        parsed = [_parse(t) for t in tuples]
+        """Replace the whole graph (initial sync, snapshot restore). All or nothing: the
+        tuples are consumed one by one (no list of parsed tuples: that temporary would
+        dominate the process's memory), and an error from them — a malformed tuple, or the
+        caller's validation — aborts the load before anything is published."""
         with self._write_lock, _Switch(self.switch_interval):
             if revision < self.current.revision:
                 raise DeltaError(
                     f"snapshot revision {revision} is older than current {self.current.revision}"
                 )
-            fl: dict[int, list[int]] = {}
-            rl: dict[int, list[int]] = {}
+            # Groups as arrays of 8-byte entries: no int object per entry while loading.
+            fl: dict[int, array[int]] = {}
+            rl: dict[int, array[int]] = {}
             it = self.interner
             with it.lock:
-                for t in parsed:
-                    oid, rid, sk = _intern(it, t)
-                    fl.setdefault(oid, []).append(_fentry(rid, sk))
-                    rl.setdefault(sk >> REL_BITS, []).append(_rentry(oid, rid, sk))
+                for t in tuples:
+                    oid, rid, sk = _intern(it, parse_tuple(t) if isinstance(t, str) else t)
+                    g = fl.get(oid)
+                    if g is None:
+                        g = fl[oid] = array("q")
+                    g.append(_fentry(rid, sk))
+                    so = sk >> REL_BITS
+                    g = rl.get(so)
+                    if g is None:
+                        g = rl[so] = array("q")
+                    g.append(_rentry(oid, rid, sk))
                 n = len(it.names)
-            del parsed
             with _no_overflow():
                 f_off, f_dat = _pack(fl, n)
                 del fl
@@ -589,7 +598,7 @@ def _lookup(it: Interner, t: Tuple) -> tuple[int, int, int] | None:
     return oid, rid, sk
 
 
-def _pack(groups: dict[int, list[int]], n: int) -> tuple[array[int], array[int]]:
+def _pack(groups: dict[int, array[int]], n: int) -> tuple[array[int], array[int]]:
     """Offsets (n + 1) and entries of `groups` (oid -> entries), each group sorted, deduped."""
     off = array(_OFF, [0])
     dat = array("q")
@@ -598,8 +607,9 @@ def _pack(groups: dict[int, list[int]], n: int) -> tuple[array[int], array[int]]
         g = get(oid)
         if g:
             if len(g) > 1:
-                g = sorted(set(g))
-            dat.extend(g)
+                dat.extend(sorted(set(g)))
+            else:
+                dat.extend(g)
         off.append(len(dat))
     return off, dat
 
