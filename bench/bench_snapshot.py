@@ -49,12 +49,21 @@ def _probe(store: GraphStore, ds: gen.Dataset) -> list[bool]:
     return out
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _digest(answers: list[bool]) -> str:
     return hashlib.sha256(bytes(answers)).hexdigest()
 
 
 def restore_child(path: str, target: int, seed: int, huge: bool) -> int:
     """Run in a fresh process: time the restore, then verify against the generator."""
+    import gc
+
+    gc.collect()
+    rss0 = _rss()
     t0 = time.perf_counter()
     with open(path, "rb") as f:
         data = f.read()
@@ -62,9 +71,11 @@ def restore_child(path: str, target: int, seed: int, huge: bool) -> int:
     snap, _meta = persist.load(store, data)
     took = time.perf_counter() - t0
     del data
+    gc.collect()
+    per_tuple = (_rss() - rss0) / max(snap.count, 1)
     ds = gen.generate(target, seed, huge)
     answers = _probe(store, ds)
-    print(f"{took:.3f} {snap.count} {_digest(answers)}")
+    print(f"{took:.3f} {snap.count} {_digest(answers)} {per_tuple:.1f}")
     return 0
 
 
@@ -83,8 +94,8 @@ def main() -> int:
         "## Restart: loading the graph from a local snapshot file",
         "",
         "| tuples | load from text (s) | write snapshot (s) | file (MiB) | restore (s) | "
-        "checks agree |",
-        "| ---: | ---: | ---: | ---: | ---: | --- |",
+        "RSS growth on restore (B/tuple) | checks agree |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for n in sizes:
         ds = gen.generate(n, a.seed, a.huge)
@@ -105,10 +116,10 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--child", path, "--tuples", str(n)]
             cmd += ["--seed", str(a.seed)] + (["--huge"] if a.huge else [])
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
-        took, got_count, answers = float(out[0]), int(out[1]), out[2]
+        took, got_count, answers, rss = float(out[0]), int(out[1]), out[2], out[3]
         agree = got_count == count and answers == _digest(expected)
         lines.append(
-            f"| {count:,} | {text_load:.1f} | {write:.2f} | {size:.0f} | {took:.2f} | "
+            f"| {count:,} | {text_load:.1f} | {write:.2f} | {size:.0f} | {took:.2f} | {rss} | "
             f"{'yes' if agree else 'NO'} |"
         )
         print(lines[-1], flush=True)
