@@ -391,7 +391,8 @@ def run_size(n: int, a: argparse.Namespace, h2load: str | None) -> dict[str, Any
                 sys.stderr.write((tmp / "server.log").read_text(errors="replace")[-3000:])
         if h2load:
             res["bare"] = ld = bare_ping(a, h2load, tmp)
-            print(f"[{n}] bare grpcio Ping: {ld.rps:,.0f} RPC/s, server CPU {ld.cpu_us:.0f} µs/RPC",
+            print(f"[{n}] bare grpcio Ping: {ld.rps:,.0f} RPC/s, p50 {ld.p50_us:.0f} µs, "
+                  f"p99 {ld.p99_us:.0f} µs, server CPU {ld.cpu_us:.0f} µs/RPC",
                   file=sys.stderr, flush=True)  # fmt: skip
     return res
 
@@ -434,6 +435,9 @@ def table(results: list[dict[str, Any]], a: argparse.Namespace, tool: str, loads
     if all("bare" in r for r in results):
         row("bare grpcio Ping (no gatehouse code): RPC/s, server CPU per RPC (µs)", "",
             [f"{r['bare'].rps:,.0f}, {r['bare'].cpu_us:.0f}" for r in results])  # fmt: skip
+        row(f"bare grpcio Ping p50 / p99 at {INFLIGHT} in flight (ms)", "",
+            [f"{r['bare'].p50_us / 1000:.2f} / {r['bare'].p99_us / 1000:.2f}"
+             for r in results])  # fmt: skip
     for key, label in (("check_allowed", "allowed"), ("check_denied", "denied")):
         row(f"Check {label} RPC/s", "", [f"{r[key].rps:,.0f}" for r in results])
     row("Check server CPU per RPC (µs, allowed / denied)", "",
