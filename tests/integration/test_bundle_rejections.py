@@ -16,8 +16,7 @@ from pathlib import Path
 
 import grpc
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from keys import write_keypair
 
 from gatehouse.cli.demo import free_port
 from gatehouse.v1 import decision_pb2 as pb
@@ -32,24 +31,6 @@ def gh(*args: str | Path) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "gatehouse.cli.main", *map(str, args)],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
-
-
-def _keys(tmp: Path) -> tuple[Path, Path]:
-    key = ed25519.Ed25519PrivateKey.generate()
-    priv, pub = tmp / "k.pem", tmp / "k.pub.pem"
-    priv.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return priv, pub
 
 
 def _publish(published: Path, src: Path, revision: int, key: Path | None) -> None:
@@ -82,7 +63,7 @@ def _rejections(metrics_port: int) -> dict[str, float]:
 
 
 def test_rejected_bundles_keep_the_active_one_and_are_reported(tmp_path: Path) -> None:
-    priv, pub = _keys(tmp_path)
+    priv, pub = write_keypair(tmp_path)
     published = tmp_path / "published.tar.gz"
     _publish(published, ROOT / "bundles/ontra", 1, priv)
     fixture = yaml.safe_load((ROOT / "bundles/ontra/fixture.yaml").read_text())

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from keys import write_keypair
 
 from gatehouse.cli.demo import free_port
 
@@ -26,24 +25,6 @@ def gh(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[st
     )
 
 
-def _keys(tmp: Path) -> tuple[Path, Path]:
-    key = ed25519.Ed25519PrivateKey.generate()
-    priv, pub = tmp / "k.pem", tmp / "k.pub.pem"
-    priv.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return priv, pub
-
-
 def _tuples(tmp: Path) -> Path:
     fixture = yaml.safe_load((ROOT / "bundles/ontra/fixture.yaml").read_text())
     path = tmp / "tuples.txt"
@@ -52,7 +33,7 @@ def _tuples(tmp: Path) -> Path:
 
 
 def test_signed_bundle_serves_and_answers(tmp_path: Path) -> None:
-    priv, pub = _keys(tmp_path)
+    priv, pub = write_keypair(tmp_path)
     arc = tmp_path / "ontra.tar.gz"
     assert gh("bundle", "build", "bundles/ontra", "-o", arc).returncode == 0
     assert gh("bundle", "sign", arc, "--key", priv, "--key-id", "release").returncode == 0
@@ -77,7 +58,7 @@ def test_signed_bundle_serves_and_answers(tmp_path: Path) -> None:
 
 
 def test_unsigned_bundle_with_key_configured_refuses_to_start(tmp_path: Path) -> None:
-    _priv, pub = _keys(tmp_path)
+    _priv, pub = write_keypair(tmp_path)
     r = gh(
         "serve", "--bundle", "bundles/ontra", "--pubkey", pub, "--tuples", _tuples(tmp_path),
         "--listen", f"127.0.0.1:{free_port()}",

@@ -10,8 +10,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from keys import write_keypair
 
 from gatehouse.bundle import (
     AssertionsFailed,
@@ -94,28 +93,6 @@ def test_missing_bundle_exits_3(tmp_path: Path) -> None:
     assert gh("test", tmp_path / "nope").returncode == 3
 
 
-def _keys(tmp: Path, kind: str) -> tuple[Path, Path]:
-    key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey = (
-        ed25519.Ed25519PrivateKey.generate()
-        if kind == "ed25519"
-        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    )
-    priv, pub = tmp / f"{kind}.pem", tmp / f"{kind}.pub.pem"
-    priv.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return priv, pub
-
-
 def test_build_is_deterministic_and_revision_overrides(tmp_path: Path) -> None:
     a, b = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
     assert gh("build", "bundles/aktek", "-o", a).returncode == 0
@@ -132,7 +109,7 @@ def test_build_is_deterministic_and_revision_overrides(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["ed25519", "rsa"])
 def test_sign_verify_inspect_archive(tmp_path: Path, kind: str) -> None:
-    priv, pub = _keys(tmp_path, kind)
+    priv, pub = write_keypair(tmp_path, kind)
     arc = tmp_path / "ontra.tar.gz"
     assert gh("build", "bundles/ontra", "-o", arc).returncode == 0
     v = gh("verify", arc, "--pubkey", pub)
@@ -154,7 +131,7 @@ def test_sign_verify_inspect_archive(tmp_path: Path, kind: str) -> None:
 
 
 def test_sign_directory_then_tamper(tmp_path: Path) -> None:
-    priv, pub = _keys(tmp_path, "ed25519")
+    priv, pub = write_keypair(tmp_path, "ed25519")
     b = _copy("infosum", tmp_path)
     assert gh("sign", b, "--key", priv).returncode == 0
     assert (b / ".signatures.json").is_file()

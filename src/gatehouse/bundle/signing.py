@@ -225,3 +225,12 @@ def _compare_files(files: Mapping[str, bytes], listed: Any) -> None:
             raise DigestMismatch(
                 f"digest mismatch for {name}: contents differ from the signed hash"
             )
+
+
+def verifier_from_file(pubkey: str | None, key_id: str) -> Verifier | None:
+    """A verifier for one PEM public key file (None when no key is configured: then
+    bundles are not verified, and unsigned ones load)."""
+    if not pubkey:
+        return None
+    with open(pubkey, "rb") as f:
+        return Verifier({key_id: load_public_key(f.read())})

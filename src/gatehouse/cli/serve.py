@@ -19,7 +19,7 @@ from typing import Any
 from gatehouse.bundle.activation import activate
 from gatehouse.bundle.http import BundlePoller
 from gatehouse.bundle.loader import load_bundle
-from gatehouse.bundle.signing import Verifier, load_public_key
+from gatehouse.bundle.signing import Verifier, verifier_from_file
 from gatehouse.cli._signals import wait_for_termination
 from gatehouse.cli._supervise import supervise
 from gatehouse.config import ConfigError, Option, prepare_parser, resolve_namespace
@@ -98,10 +98,7 @@ def register(subparsers: Any) -> None:
 
 
 def _verifier(pubkey: str | None, key_id: str) -> Verifier | None:
-    if not pubkey:
-        return None
-    with open(pubkey, "rb") as f:
-        return Verifier({key_id: load_public_key(f.read())})
+    return verifier_from_file(pubkey, key_id)
 
 
 def load_bundle_and_tuples(
