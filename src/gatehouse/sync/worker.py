@@ -196,7 +196,9 @@ class SyncWorker:
     def snapshot(self) -> tuple[int, list[str]]:
         """(revision, every tuple) of the projection, consistent with the ring. Watchers that
         ask at the same revision (a fleet reconnecting together) share one list."""
-        with self.cond:
+        # The projection lock: the counts are exactly those of `revision` (a transaction is
+        # mapped and published under it, never one without the other).
+        with self._proj_lock, self.cond:
             cached = self._snapshot_cache
             if cached is None or cached[0] != self.revision:
                 cached = (self.revision, list(self.projection.counts))
@@ -225,7 +227,7 @@ class SyncWorker:
 
     def _initial(self) -> None:
         rev, counts = self.projection.read(self.sor)
-        with self.cond:
+        with self._proj_lock, self.cond:
             self.projection.counts = counts
             self._snapshot_cache = None
             self.revision = rev
@@ -255,7 +257,7 @@ class SyncWorker:
                     for t in delta.writes + delta.deletes:
                         pw.discard(t)
                         pd.discard(t)
-        self._publish(delta)
+            self._publish(delta)
 
     def _tail(self, upto: int | None = None) -> int:
         """Map every committed transaction (up to `upto`); returns how many."""
