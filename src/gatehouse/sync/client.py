@@ -263,6 +263,7 @@ class FeedFollower:
                     stub = feed_pb2_grpc.FeedServiceStub(channel)  # type: ignore[no-untyped-call]
                     call = stub.Watch(feed_pb2.WatchRequest(from_revision=self.revision()))
                     self._call = call
+                    self._chunks, self._chunk_rev = [], -1  # a broken stream's part is void
                     for msg in call:
                         self._handle(msg)
                         backoff = self.backoff_min
