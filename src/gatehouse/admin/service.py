@@ -1418,7 +1418,7 @@ class Admin:
                 {"levels": [g["level"] for g in old], "resource": what},
                 None,
             )
-        return Result(tx.revision, f"{stype}:{sid} has no access level on {what}")
+        return Result(tx.revision, f"revoked: {stype}:{sid} has no access level on {what} now")
 
     def _assign(
         self,
