@@ -31,8 +31,8 @@ from sqlalchemy import create_engine, insert, text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gatehouse.cli.demo import _wait_serving, free_port  # noqa: E402
-from gatehouse.server.client import stub  # noqa: E402
+from gatehouse.cli.demo import free_port  # noqa: E402
+from gatehouse.server.client import stub, wait_serving  # noqa: E402
 from gatehouse.sor.store import SystemOfRecord  # noqa: E402
 from gatehouse.sor.tables import relationships  # noqa: E402
 from gatehouse.v1 import decision_pb2 as pb  # noqa: E402
@@ -86,7 +86,7 @@ class Topology:
                 "0",
             ]
         )
-        _wait_serving(f"127.0.0.1:{self.feed_port}", self.worker, 600)
+        wait_serving(f"127.0.0.1:{self.feed_port}", self.worker, 600)
         self.worker_ready = time.perf_counter()
         self.server = spawn(
             [
@@ -99,7 +99,7 @@ class Topology:
                 f"127.0.0.1:{self.port}",
             ]
         )
-        _wait_serving(f"127.0.0.1:{self.port}", self.server, 600)
+        wait_serving(f"127.0.0.1:{self.port}", self.server, 600)
 
     def close(self) -> None:
         stop(self.server)

@@ -48,13 +48,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import gen  # noqa: E402
 
+from gatehouse.server.client import wait_serving  # noqa: E402
 from gatehouse.v1 import decision_pb2 as pb  # noqa: E402
 from gatehouse.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -92,25 +92,6 @@ def ensure_h2load() -> str | None:
                 stderr=subprocess.DEVNULL,
             )
     return shutil.which("h2load")
-
-
-def wait_serving(addr: str, proc: subprocess.Popen[bytes], timeout: float) -> float:
-    """Poll grpc health until SERVING; return seconds waited."""
-    t0 = time.perf_counter()
-    deadline = t0 + timeout
-    with grpc.insecure_channel(addr) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.perf_counter() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode} before SERVING")
-            try:
-                r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return time.perf_counter() - t0
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"server not SERVING after {timeout:.0f} s")
 
 
 @dataclass
@@ -310,7 +291,7 @@ def run_size(n: int, a: argparse.Namespace, h2load: str | None) -> dict[str, Any
         log = open(tmp / "server.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
-            res["ready_s"] = wait_serving(addr, proc, timeout=a.ready_timeout)
+            res["ready_s"] = wait_serving(addr, proc, timeout=a.ready_timeout, poll=0.2)
             print(f"[{n}] server SERVING after {res['ready_s']:.1f} s", file=sys.stderr, flush=True)
             with grpc.insecure_channel(addr) as ch:
                 stub = pb_grpc.DecisionServiceStub(ch)  # type: ignore[no-untyped-call]

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,14 +19,13 @@ import grpc
 import pytest
 import yaml
 from dbs import Db
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.admin import Admin, AdminError, Denied, RemoteAuthorizer, load_config
 from gatehouse.admin.reports import preview
 from gatehouse.admin.seed import complete
 from gatehouse.bundle.loader import load_bundle
 from gatehouse.cli.demo import free_port
-from gatehouse.server.client import stub
+from gatehouse.server.client import stub, wait_serving
 from gatehouse.sor.fixtures import load_fixture
 from gatehouse.sync.feed import serve_feed
 from gatehouse.sync.worker import SyncWorker
@@ -59,20 +57,10 @@ class Stack:
 
 
 def _wait_serving(addr: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    with grpc.insecure_channel(addr) as ch:
-        health = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {log.read_text()}")
-            try:
-                r = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    raise RuntimeError(f"serve not SERVING: {log.read_text()}")
+    try:
+        wait_serving(addr, proc, 60, poll=0.05)
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}: {log.read_text()}") from None
 
 
 @contextmanager

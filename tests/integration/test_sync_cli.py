@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 from keys import write_keypair
 
-from gatehouse.cli.demo import _wait_serving, free_port
+from gatehouse.cli.demo import free_port
+from gatehouse.server.client import wait_serving
 from gatehouse.sor.store import SystemOfRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +46,7 @@ def test_settings_from_a_file_and_the_environment(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_serving(f"127.0.0.1:{port}", proc, 60)
+        wait_serving(f"127.0.0.1:{port}", proc, 60)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0

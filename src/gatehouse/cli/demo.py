@@ -20,13 +20,12 @@ import tempfile
 import time
 from typing import Any
 
-import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.admin.config import load_config
 from gatehouse.admin.seed import complete
 from gatehouse.bundle.loader import load_bundle
+from gatehouse.server.client import wait_serving
 from gatehouse.sor.fixtures import load_fixture
 from gatehouse.sor.store import SystemOfRecord
 
@@ -56,23 +55,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _wait_serving(addr: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(addr) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with code {proc.returncode}")
-            try:
-                r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise RuntimeError(f"server not SERVING after {timeout:.0f} s")
 
 
 def _examples(bundle: pathlib.Path, addr: str) -> list[list[str]]:
@@ -179,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
                 ]
             )
         )
-        _wait_serving(feed, procs[0], timeout=60)
+        wait_serving(feed, procs[0], timeout=60)
         procs.append(
             _spawn(
                 [
@@ -197,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
                 ]
             )
         )
-        _wait_serving(addr, procs[1], timeout=60)
+        wait_serving(addr, procs[1], timeout=60)
         examples = _examples(bundle, addr)
         print(f"gatehouse demo: scenario {args.scenario} is SERVING (data revision {revision})")
         print(f"  gRPC address : {addr}")

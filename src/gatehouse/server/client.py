@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.v1 import decision_pb2_grpc as pb_grpc
 
@@ -47,3 +50,25 @@ def run_client(
         print(f"gatehouse: {name}: {details}", file=sys.stderr)
         return 1
     return 0
+
+
+def wait_serving(
+    addr: str, proc: subprocess.Popen[bytes], timeout: float, poll: float = 0.1
+) -> float:
+    """Poll grpc.health.v1 at `addr` until it says SERVING; return the seconds waited.
+    RuntimeError if `proc` (the process serving there) exits first or `timeout` passes."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    with grpc.insecure_channel(addr) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with code {proc.returncode}")
+            try:
+                r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.monotonic() - t0
+            except grpc.RpcError:
+                pass
+            time.sleep(poll)
+    raise RuntimeError(f"server not SERVING after {timeout:.0f} s")
