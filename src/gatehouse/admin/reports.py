@@ -15,7 +15,7 @@ from typing import Any
 
 from gatehouse.admin.authz import Proof
 from gatehouse.admin.config import AdminError
-from gatehouse.admin.service import Admin, NotFound
+from gatehouse.admin.service import Admin, NotFound, roles_of
 
 AUDIT_COLUMNS = ["user", "email", "groups", "role", "access level", "fund access", "status"]
 PROFILE_COLUMNS = [
@@ -195,18 +195,9 @@ def _role_names(admin: Admin, tenant: str) -> dict[str, str]:
 
 def _roles_of(admin: Admin, tenant: str, uid: str) -> list[str]:
     cfg = admin.config
+    out = roles_of(admin.sor.rows, cfg, tenant, uid)
     if cfg.roles.model == "fixed":
-        rows = admin.sor.rows(
-            "role_bindings",
-            subject_type="user",
-            subject_id=uid,
-            scope_type=cfg.tenant_type,
-            scope_id=tenant,
-        )
-        return sorted(r["role_id"] for r in rows if r["role_id"] in cfg.roles.templates)
-    mine = {r["id"] for r in admin.sor.rows("roles", tenant_id=tenant)}
-    rows = admin.sor.rows("role_bindings", subject_type="user", subject_id=uid, scope_type="")
-    out = sorted(r["role_id"] for r in rows if r["role_id"] in mine)
+        return out
     if cfg.agency_role:
         for b in admin.sor.rows(
             "role_bindings", role_id=cfg.agency_role, subject_type="user", subject_id=uid

@@ -93,6 +93,41 @@ def _aware(t: Any) -> dt.datetime | None:
     return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
 
 
+def _redeemable(
+    tx: WriteTx, table: str, used: str, token: str, kind: str, what: str, hint: str = ""
+) -> dict[str, Any]:
+    """The row of a single-use token (stored hashed) that is known, unused and unexpired;
+    AdminError naming which of those it is not."""
+    row = tx.get(table, token_hash=hash_token(token.strip()))
+    if row is None:
+        raise AdminError(f"unknown {kind} token")
+    if row[used] is not None:
+        raise AdminError(f"this {what} has already been used")
+    exp = _aware(row["expires_at"])
+    if exp is None or exp <= tx.now:
+        raise AdminError(f"this {what} has expired{hint}")
+    return row
+
+
+def roles_of(
+    select: Callable[..., list[dict[str, Any]]], cfg: AdminConfig, tenant: str, uid: str
+) -> list[str]:
+    """The ids of the roles `uid` holds in `tenant`; `select(table, **where)` reads rows
+    (inside a write transaction, or straight from the SoR for reports)."""
+    if cfg.roles.model == "fixed":
+        rows = select(
+            "role_bindings",
+            subject_type="user",
+            subject_id=uid,
+            scope_type=cfg.tenant_type,
+            scope_id=tenant,
+        )
+        return sorted(r["role_id"] for r in rows if r["role_id"] in cfg.roles.templates)
+    mine = {r["id"] for r in select("roles", tenant_id=tenant)}
+    rows = select("role_bindings", subject_type="user", subject_id=uid, scope_type="")
+    return sorted(r["role_id"] for r in rows if r["role_id"] in mine)
+
+
 class Admin:
     """The admin API of one product (its bundle's admin.yaml) over one system of record."""
 
@@ -170,19 +205,7 @@ class Admin:
 
     # roles of users -----------------------------------------------------------------
     def _roles_of(self, tx: WriteTx, tenant: str, uid: str) -> list[str]:
-        cfg = self.config
-        if cfg.roles.model == "fixed":
-            rows = tx.select(
-                "role_bindings",
-                subject_type="user",
-                subject_id=uid,
-                scope_type=cfg.tenant_type,
-                scope_id=tenant,
-            )
-            return sorted(r["role_id"] for r in rows if r["role_id"] in cfg.roles.templates)
-        mine = {r["id"] for r in tx.select("roles", tenant_id=tenant)}
-        rows = tx.select("role_bindings", subject_type="user", subject_id=uid, scope_type="")
-        return sorted(r["role_id"] for r in rows if r["role_id"] in mine)
+        return roles_of(tx.select, self.config, tenant, uid)
 
     def _role_row(self, tx: WriteTx, role: str) -> dict[str, Any]:
         row = tx.get("roles", id=role)
@@ -432,14 +455,15 @@ class Admin:
             },
         )
         with self._tx() as tx:
-            inv = tx.get("invitations", token_hash=hash_token(token.strip()))
-            if inv is None:
-                raise AdminError("unknown invitation token")
-            if inv["accepted_at"] is not None:
-                raise AdminError("this invitation has already been used")
-            exp = _aware(inv["expires_at"])
-            if exp is None or exp <= tx.now:
-                raise AdminError("this invitation has expired: ask for a new one")
+            inv = _redeemable(
+                tx,
+                "invitations",
+                "accepted_at",
+                token,
+                "invitation",
+                "invitation",
+                ": ask for a new one",
+            )
             if self.config.require_2fa and not mfa_enabled:
                 raise AdminError(f"{self.config.product} requires two-factor authentication")
             rows = tx.select("users", email=inv["email"])
@@ -802,14 +826,9 @@ class Admin:
         if len(password or "") < MIN_PASSWORD:
             raise AdminError(f"the password must have at least {MIN_PASSWORD} characters")
         with self._tx() as tx:
-            r = tx.get("password_resets", token_hash=hash_token(token.strip()))
-            if r is None:
-                raise AdminError("unknown password-reset token")
-            if r["used_at"] is not None:
-                raise AdminError("this password-reset link has already been used")
-            exp = _aware(r["expires_at"])
-            if exp is None or exp <= tx.now:
-                raise AdminError("this password-reset link has expired")
+            r = _redeemable(
+                tx, "password_resets", "used_at", token, "password-reset", "password-reset link"
+            )
             u = tx.get("users", id=r["user_id"])
             if u is None or u["status"] != "active":
                 raise AdminError("the user of this link is not active")
