@@ -270,3 +270,9 @@ def test_insert_many_is_one_batch_and_refuses_duplicates(sor: SystemOfRecord) ->
             tx.insert("tenants", id="t", kind="org")
             tx.insert_many("group_members", bad)
         assert sor.revision() == before and sor.rows("tenants") == []
+
+
+def test_reading_an_unknown_table_is_an_error(sor: SystemOfRecord) -> None:
+    with pytest.raises(RowError, match="unknown table"):
+        sor.rows("no_such_table")
+    assert sor.rows("audit_log") == []

@@ -482,7 +482,9 @@ class SystemOfRecord:
         return self.bounds()[1]
 
     def rows(self, table_name: str, **where: Any) -> list[dict[str, Any]]:
-        t = _table(table_name) if table_name in WRITABLE else audit_log
+        """The rows of a table (or the audit log) matching `where`; RowError for an unknown
+        table."""
+        t = audit_log if table_name == audit_log.name else _table(table_name)
         with self.engine.connect() as conn:
             out = [dict(r) for r in conn.execute(select(t).where(_where(t, where))).mappings()]
             conn.rollback()
