@@ -100,3 +100,60 @@ def test_wait_for_revision() -> None:
     snap = st.wait_for(2, timeout=5)
     timer.join()
     assert snap is not None and snap.revision == 2
+
+
+def test_every_snapshot_keeps_its_own_view_of_a_shared_overlay() -> None:
+    # Deltas add versioned regions to an overlay shared by all snapshots of one base: an old
+    # snapshot must keep answering what it held, through repeated changes to the same
+    # objects and through a compaction that replaces the base.
+    st = GraphStore(min_compaction=1 << 30)
+    st.load(["doc:a#viewer@user:u0"], revision=1)
+    expected = {1: {"doc:a#viewer@user:u0"}}
+    snaps = {1: st.current}
+    held = set(expected[1])
+    for rev in range(2, 8):
+        new = f"doc:a#viewer@user:u{rev}"
+        gone = f"doc:a#viewer@user:u{rev - 2}"
+        snaps[rev] = st.apply(Delta.of([new, "doc:b#viewer@user:u0"], [gone]), revision=rev)
+        held = (held - {gone}) | {new, "doc:b#viewer@user:u0"}
+        expected[rev] = set(held)
+    st.min_compaction = 0
+    st.apply(Delta.of(["doc:c#viewer@user:u9"]), revision=8)
+    assert st.wait_compacted(10)
+    after = st.apply(Delta.of(["doc:a#viewer@user:u8"]), revision=9)
+    for rev, snap in snaps.items():
+        assert set(snap.tuples()) == expected[rev], rev
+        for t in expected[rev]:
+            assert snap.has_tuple(parse_tuple(t))
+    assert set(after.tuples()) == expected[7] | {"doc:c#viewer@user:u9", "doc:a#viewer@user:u8"}
+
+
+def test_a_delta_that_fails_half_written_stays_invisible(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gatehouse.graph import store as store_mod
+
+    st = GraphStore()
+    st.load(["doc:a#viewer@user:u1", "doc:b#viewer@user:u1"], revision=1)
+    before = st.current
+    real = store_mod.put_region
+    calls = 0
+
+    def failing(*args: object) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # after some regions of the delta are already written
+            raise MemoryError("simulated")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_mod, "put_region", failing)
+    with pytest.raises(MemoryError):
+        st.apply(Delta.of(["doc:a#viewer@user:u2", "doc:b#viewer@user:u2"]), revision=2)
+    monkeypatch.setattr(store_mod, "put_region", real)
+    assert st.current is before
+    assert set(before.tuples()) == {"doc:a#viewer@user:u1", "doc:b#viewer@user:u1"}
+    # the next delta gets a newer version: the half-written regions never become visible
+    snap = st.apply(Delta.of(["doc:c#viewer@user:u3"]), revision=2)
+    assert set(snap.tuples()) == {
+        "doc:a#viewer@user:u1",
+        "doc:b#viewer@user:u1",
+        "doc:c#viewer@user:u3",
+    }

@@ -12,6 +12,7 @@ from gatehouse.graph.store import (
     F_REL,
     F_STEP,
     F_US,
+    OID_MASK,
     R_REL,
     R_STEP,
     REL_BITS,
@@ -930,6 +931,7 @@ class _FastQuery:
         "f_dat",
         "f_off",
         "f_ov",
+        "f_ovl",
         "limit",
         "max_depth",
         "memo",
@@ -938,6 +940,7 @@ class _FastQuery:
         "sk",
         "snap",
         "truncated",
+        "ver",
         "wk",
     )
 
@@ -955,6 +958,8 @@ class _FastQuery:
         self.cache = cache
         self.limit = limit
         self.f_ov = snap.f_ov
+        self.f_ovl = snap.f_ovl
+        self.ver = snap.ver
         self.f_off = snap.f_off
         self.f_dat = snap.f_dat
         self.nf = snap.nf
@@ -1023,19 +1028,26 @@ class _Program:
             return hit
 
         def enter(q: _FastQuery, oid: int) -> str | None:
-            arr = q.f_ov.get(oid)
-            if arr is None:
-                if oid >= q.nf:
-                    return None
-                off = q.f_off
-                lo = off[oid]
-                hi = off[oid + 1]
-                if lo == hi:
-                    return None
-                return node(q, q.f_dat, lo, hi)
-            if not arr:
+            v = q.f_ov.get(oid)
+            if v is not None:  # overlay: the newest region not newer than the snapshot
+                ovl = q.f_ovl
+                ver = q.ver
+                while v >= 0:
+                    c = ovl[v >> 32]
+                    s = v & OID_MASK
+                    if c[s] <= ver:
+                        lo = s + 3
+                        hi = lo + c[s + 2]
+                        return None if lo == hi else node(q, c, lo, hi)
+                    v = c[s + 1]
+            if oid >= q.nf:
                 return None
-            return node(q, arr, 0, len(arr))
+            off = q.f_off
+            lo = off[oid]
+            hi = off[oid + 1]
+            if lo == hi:
+                return None
+            return node(q, q.f_dat, lo, hi)
 
         self.entries[id(node)] = enter
         return enter
@@ -1287,24 +1299,13 @@ def _closure_packed(
     keys: set[int] = set()
     frontier = [k for k in (sk, wk) if k >= 0]
     level = 0
-    r_ov = snap.r_ov
-    r_off = snap.r_off
-    r_dat = snap.r_dat
-    nr = snap.nr
+    rblock = snap.rblock
     while frontier and level < max_depth:
         nxt: list[int] = []
         for k in frontier:
-            soid = k >> REL_BITS
-            arr = r_ov.get(soid)
-            if arr is None:
-                if soid >= nr:
-                    continue
-                lo = r_off[soid]
-                hi = r_off[soid + 1]
-                arr = r_dat
-            else:
-                lo = 0
-                hi = len(arr)
+            arr, lo, hi = rblock(k >> REL_BITS)
+            if lo == hi:
+                continue
             srid = (k & REL_MASK) << REL_BITS
             for r in rids:
                 start = (srid | r) << R_REL

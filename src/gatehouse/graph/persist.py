@@ -16,7 +16,7 @@ import sys
 from array import array
 from typing import Any, BinaryIO
 
-from gatehouse.graph.store import _OFF, GraphStore, Interner, Snapshot
+from gatehouse.graph.store import _OFF, GraphStore, Interner, Snapshot, put_region
 
 MAGIC = b"GHSNAP1\n"
 _DIGEST = 32
@@ -35,7 +35,8 @@ def dump(snap: Snapshot, out: BinaryIO, meta: dict[str, Any] | None = None) -> N
         obj_type = it.obj_type[:n]
         type_names = list(it.type_names)
         rel_names = list(it.rel_names)
-    f_ov, r_ov = sorted(snap.f_ov), sorted(snap.r_ov)
+    f_groups, r_groups = snap.overlay(True), snap.overlay(False)
+    f_ov, r_ov = sorted(f_groups), sorted(r_groups)
     header = {
         "revision": snap.revision,
         "count": snap.count,
@@ -64,10 +65,10 @@ def dump(snap: Snapshot, out: BinaryIO, meta: dict[str, Any] | None = None) -> N
     section(obj_type.tobytes())
     for a in (snap.f_off, snap.f_dat, snap.r_off, snap.r_dat):
         section(a.tobytes())
-    for oid in f_ov:
-        section(snap.f_ov[oid].tobytes())
-    for oid in r_ov:
-        section(snap.r_ov[oid].tobytes())
+    for groups, oids in ((f_groups, f_ov), (r_groups, r_ov)):
+        for oid in oids:
+            arr, lo, hi = groups[oid]
+            section(arr[lo:hi].tobytes())
     out.write(h.digest())
 
 
@@ -127,8 +128,10 @@ def load(store: GraphStore, data: bytes) -> tuple[Snapshot, dict[str, Any]]:
         obj_type = _arr("H", section())
         f_off, f_dat = _arr(_OFF, section()), _arr("q", section())
         r_off, r_dat = _arr(_OFF, section()), _arr("q", section())
-        f_ov = {int(o): _arr("q", section()) for o in header["f_overlay"]}
-        r_ov = {int(o): _arr("q", section()) for o in header["r_overlay"]}
+        f_ovl: list[array[int]] = [array("q")]
+        r_ovl: list[array[int]] = [array("q")]
+        f_ov = {int(o): put_region(f_ovl, 0, -1, _arr("q", section())) for o in header["f_overlay"]}
+        r_ov = {int(o): put_region(r_ovl, 0, -1, _arr("q", section())) for o in header["r_overlay"]}
         types = [str(t) for t in header["types"]]
         rels = [str(r) for r in header["relations"]]
         revision, count = int(header["revision"]), int(header["count"])
@@ -143,8 +146,10 @@ def load(store: GraphStore, data: bytes) -> tuple[Snapshot, dict[str, Any]]:
         if it.names or store.current.revision:
             raise SnapshotFileError("a snapshot file can only be loaded into an empty store")
         _fill(it, names, obj_type, types, rels)
-        snap = Snapshot(it, (f_off, f_dat, f_ov), (r_off, r_dat, r_ov), revision, count)
-        store._publish(snap)
+        snap = Snapshot(
+            it, (f_off, f_dat, f_ov, f_ovl), (r_off, r_dat, r_ov, r_ovl), revision, count
+        )
+        store.adopt(snap)
     return snap, dict(header.get("meta") or {})
 
 

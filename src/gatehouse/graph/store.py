@@ -18,10 +18,16 @@ nothing for the garbage collector to traverse.
 So one relation's plain subjects, its usersets, or one (subject relation, relation) pair's
 resources are each a contiguous run found by two bisects inside one object's group.
 
-A snapshot is the packed base plus an overlay: a dict from oid to the object's whole
-replacement group (sorted `array('q')`), for objects changed since the base was packed. A
-delta copies only that dict; once it grows, the overlay is folded into a new packed base.
-Snapshots never change after construction, so readers need no locks.
+A snapshot is the packed base plus a versioned overlay for the objects changed since the
+base was packed. The overlay is shared by consecutive snapshots and only ever appended to:
+`ov` maps an oid to its newest region, a region is `[ver, prev, n, e0 .. e(n-1)]` inside one
+of the `ovl` chunk arrays (packed reference `chunk << 32 | start`), and `prev` points to the
+region it replaced (-1: the base). A snapshot reads the newest region whose `ver` is not newer
+than its own, so a delta publishes by adding regions and dict entries, never by copying the
+overlay: its cost is proportional to the delta alone, and no step holds the GIL for long.
+Every table here is an int dict or an array, so the garbage collector has nothing to
+traverse. Once the overlay grows, it is folded into a new packed base on a background thread.
+What a snapshot answers never changes after it is published, so readers need no locks.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import sys
 import threading
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from itertools import repeat
 from operator import add, sub
@@ -54,8 +60,9 @@ R_STEP = 1 << R_REL
 RK_LOW = (1 << (2 * REL_BITS)) - 1
 _EMPTY: array[int] = array("q")
 _Index: TypeAlias = tuple[
-    "array[int]", "array[int]", "dict[int, array[int]]"
-]  # offsets, entries, overlay
+    "array[int]", "array[int]", "dict[int, int]", "list[array[int]]"
+]  # offsets, entries, overlay refs, overlay chunks
+_CHUNK = 1 << 16  # overlay entries per chunk array (bounds each append's realloc copy)
 _LITTLE = sys.byteorder == "little" and array("I").itemsize == 4
 _OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
 _RUN = 1 << 18  # entries copied per C call while repacking (bounds GIL hold time)
@@ -206,11 +213,24 @@ def _run(arr: array[int], lo: int, hi: int, start: int, stop: int) -> tuple[int,
     return a, bisect_left(arr, stop, a, hi)
 
 
+def region(ovl: list[array[int]], v: int, ver: int) -> tuple[array[int], int, int] | None:
+    """The newest region of the overlay chain starting at ref `v` that is not newer than
+    `ver`, as (chunk, lo, hi); None when the base holds the group at that version."""
+    while v >= 0:
+        c = ovl[v >> 32]
+        s = v & OID_MASK
+        if c[s] <= ver:
+            return c, s + 3, s + 3 + c[s + 2]
+        v = c[s + 1]
+    return None
+
+
 class Snapshot:
-    """The whole graph at one revision. Immutable; share it freely between threads.
+    """The whole graph at one revision. What it answers never changes; share it freely.
 
     `f_*` is the forward index, `r_*` the reverse one: `*_off`/`*_dat` the packed base,
-    `*_ov` the overlay (oid -> replacement group), `nf`/`nr` the number of oids in the base.
+    `*_ov`/`*_ovl` the versioned overlay (see the module docstring), `nf`/`nr` the number of
+    oids in the base, `ver` the store's internal version this snapshot reads the overlay at.
     """
 
     __slots__ = (
@@ -218,13 +238,16 @@ class Snapshot:
         "f_dat",
         "f_off",
         "f_ov",
+        "f_ovl",
         "interner",
         "nf",
         "nr",
         "r_dat",
         "r_off",
         "r_ov",
+        "r_ovl",
         "revision",
+        "ver",
     )
 
     def __init__(
@@ -234,21 +257,25 @@ class Snapshot:
         r: _Index,
         revision: int,
         count: int,
+        ver: int = 0,
     ) -> None:
         self.interner = interner
-        self.f_off, self.f_dat, self.f_ov = f
-        self.r_off, self.r_dat, self.r_ov = r
+        self.f_off, self.f_dat, self.f_ov, self.f_ovl = f
+        self.r_off, self.r_dat, self.r_ov, self.r_ovl = r
         self.nf = len(self.f_off) - 1
         self.nr = len(self.r_off) - 1
         self.revision = revision
         self.count = count
+        self.ver = ver
 
     # object groups ------------------------------------------------------------
     def fblock(self, oid: int) -> tuple[array[int], int, int]:
         """(array, lo, hi): the forward entries of resource `oid` are array[lo:hi]."""
-        b = self.f_ov.get(oid)
-        if b is not None:
-            return b, 0, len(b)
+        v = self.f_ov.get(oid)
+        if v is not None:
+            got = region(self.f_ovl, v, self.ver)
+            if got is not None:
+                return got
         if oid < self.nf:
             off = self.f_off
             return self.f_dat, off[oid], off[oid + 1]
@@ -256,13 +283,25 @@ class Snapshot:
 
     def rblock(self, oid: int) -> tuple[array[int], int, int]:
         """(array, lo, hi): the reverse entries of subject object `oid` are array[lo:hi]."""
-        b = self.r_ov.get(oid)
-        if b is not None:
-            return b, 0, len(b)
+        v = self.r_ov.get(oid)
+        if v is not None:
+            got = region(self.r_ovl, v, self.ver)
+            if got is not None:
+                return got
         if oid < self.nr:
             off = self.r_off
             return self.r_dat, off[oid], off[oid + 1]
         return _EMPTY, 0, 0
+
+    def overlay(self, forward: bool = True) -> dict[int, tuple[array[int], int, int]]:
+        """The groups this snapshot reads from the overlay rather than the base."""
+        ov, ovl = (self.f_ov, self.f_ovl) if forward else (self.r_ov, self.r_ovl)
+        out = {}
+        for oid, v in list(ov.items()):  # one C call: the writer may add keys meanwhile
+            got = region(ovl, v, self.ver)
+            if got is not None:
+                out[oid] = got
+        return out
 
     # index reads (general path) -------------------------------------------------
     def fwd(self, fk: int) -> array[int]:
@@ -320,7 +359,7 @@ class Snapshot:
     def tuples(self) -> Iterator[str]:
         """Every tuple as text, in no particular order (for persistence and hashing)."""
         it = self.interner
-        for oid in range(max(self.nf, max(self.f_ov, default=-1) + 1)):
+        for oid in range(max(self.nf, max(list(self.f_ov), default=-1) + 1)):
             arr, lo, hi = self.fblock(oid)
             if lo == hi:
                 continue
@@ -331,13 +370,13 @@ class Snapshot:
                 yield f"{res}#{rel}@{it.subject_str(x & SK_MASK)}"
 
     def nbytes(self) -> int:
-        """Bytes held by the indexes (packed arrays, overlay dict and groups)."""
+        """Bytes held by the indexes (packed arrays, overlay dicts and chunks)."""
         total = 0
-        for a in (self.f_off, self.f_dat, self.r_off, self.r_dat):
+        for a in (self.f_off, self.f_dat, self.r_off, self.r_dat, *self.f_ovl, *self.r_ovl):
             total += sys.getsizeof(a)
         for ov in (self.f_ov, self.r_ov):
             total += sys.getsizeof(ov)
-            total += sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in ov.items())
+            total += sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in list(ov.items()))
         return total
 
 
@@ -376,9 +415,9 @@ class GraphStore:
         self._compacting = False
         self._compacted = threading.Event()
         self._compacted.set()
-        f: _Index = (array(_OFF, [0]), array("q"), {})
-        r: _Index = (array(_OFF, [0]), array("q"), {})
-        self.current = Snapshot(self.interner, f, r, 0, 0)
+        self._ver = 0  # last overlay version handed out (never reused, even on failure)
+        self._ov_size = 0  # overlay entries appended since the current base was packed
+        self.current = Snapshot(self.interner, _empty_index(), _empty_index(), 0, 0)
 
     def wait_for(self, revision: int, timeout: float | None) -> Snapshot | None:
         """Block until a snapshot at `revision` or newer is current; None on timeout."""
@@ -424,8 +463,23 @@ class GraphStore:
                 del fl
                 r_off, r_dat = _pack(rl, n)
                 del rl
-            snap = Snapshot(it, (f_off, f_dat, {}), (r_off, r_dat, {}), revision, len(f_dat))
+            self._ver += 1
+            self._ov_size = 0
+            snap = Snapshot(
+                it,
+                (f_off, f_dat, {}, [array("q")]),
+                (r_off, r_dat, {}, [array("q")]),
+                revision,
+                len(f_dat),
+                self._ver,
+            )
             return self._publish(snap)
+
+    def adopt(self, snap: Snapshot) -> Snapshot:
+        """Publish a snapshot built over this store's interner (a restored file)."""
+        self._ver = max(self._ver, snap.ver)
+        self._ov_size = sum(len(c) for c in (*snap.f_ovl, *snap.r_ovl))
+        return self._publish(snap)
 
     def apply(self, delta: Delta, revision: int | None = None) -> Snapshot:
         """Apply `delta` as one step and return the new snapshot.
@@ -462,22 +516,28 @@ class GraphStore:
                 delta_count += 1 if present else -1
                 f_ch.setdefault(oid, (set(), set()))[slot].add(e)
                 r_ch.setdefault(sk >> REL_BITS, (set(), set()))[slot].add(_rentry(oid, rid, sk))
-            f_new = _merge(cur.f_ov, cur.f_off, cur.f_dat, f_ch)
-            r_new = _merge(cur.r_ov, cur.r_off, cur.r_dat, r_ch)
+            # A version no snapshot has read at: regions written with it stay invisible to
+            # every published snapshot until the new one is published.
+            self._ver += 1
+            ver = self._ver
+            f_refs, f_size = _append(cur.f_ovl, cur.f_ov, cur.fblock, f_ch, ver)
+            r_refs, r_size = _append(cur.r_ovl, cur.r_ov, cur.rblock, r_ch, ver)
+            self._ov_size += f_size + r_size
             del f_ch, r_ch, net
-            # The overlay copies come last: a young dict of many arrays is traversed by
-            # every generation-0 collection until it is promoted.
-            f_ov = dict(cur.f_ov)
-            f_ov.update(f_new)
-            r_ov = dict(cur.r_ov)
-            r_ov.update(r_new)
+            _link(cur.f_ov, f_refs, cur.r_ov, r_refs)
             count = cur.count + delta_count
             snap = Snapshot(
-                it, (cur.f_off, cur.f_dat, f_ov), (cur.r_off, cur.r_dat, r_ov), revision, count
+                it,
+                (cur.f_off, cur.f_dat, cur.f_ov, cur.f_ovl),
+                (cur.r_off, cur.r_dat, cur.r_ov, cur.r_ovl),
+                revision,
+                count,
+                ver,
             )
             self._publish(snap)
             limit = max(self.min_compaction, int((cur.nf + cur.nr) * self.compaction_ratio))
-            if len(f_ov) + len(r_ov) > limit and not self._compacting:
+            big = self._ov_size > max(1 << 20, (len(cur.f_dat) + len(cur.r_dat)) >> 3)
+            if (big or len(cur.f_ov) + len(cur.r_ov) > limit) and not self._compacting:
                 self._compacting = True
                 self._compacted.clear()
                 if not self.background_compaction:
@@ -499,8 +559,8 @@ class GraphStore:
                 n = len(self.interner.names)
                 try:
                     with _no_overflow():
-                        f_off, f_dat = _repack(snap.f_off, snap.f_dat, snap.f_ov, n)
-                        r_off, r_dat = _repack(snap.r_off, snap.r_dat, snap.r_ov, n)
+                        f_off, f_dat = _repack(snap.f_off, snap.f_dat, snap.overlay(True), n)
+                        r_off, r_dat = _repack(snap.r_off, snap.r_dat, snap.overlay(False), n)
                 except DeltaError:
                     return  # too big for 4-byte offsets: keep serving from the overlay
                 if locked:
@@ -520,13 +580,23 @@ class GraphStore:
     ) -> None:
         """Publish the packed `f`/`r` (built from `snap`) as the base of `current`."""
         cur = self.current
-        if cur.f_dat is not snap.f_dat or cur.r_dat is not snap.r_dat:
+        if cur.f_ov is not snap.f_ov or cur.r_ov is not snap.r_ov:
             return  # a load replaced the graph meanwhile: this base is stale
-        # Groups replaced after `snap` are new objects: they stay in the overlay.
-        sf, sr = snap.f_ov, snap.r_ov
-        f_ov = {o: g for o, g in cur.f_ov.items() if sf.get(o) is not g}
-        r_ov = {o: g for o, g in cur.r_ov.items() if sr.get(o) is not g}
-        self._publish(Snapshot(cur.interner, (*f, f_ov), (*r, r_ov), cur.revision, cur.count))
+        # Groups changed after `snap` stay in a fresh overlay, newest version only: every
+        # reader of the new snapshot is at least as new as all of them.
+        f_ov, f_ovl, f_size = _carry(cur.f_ov, cur.f_ovl, snap.ver)
+        r_ov, r_ovl, r_size = _carry(cur.r_ov, cur.r_ovl, snap.ver)
+        self._ov_size = f_size + r_size
+        self._publish(
+            Snapshot(
+                cur.interner,
+                (*f, f_ov, f_ovl),
+                (*r, r_ov, r_ovl),
+                cur.revision,
+                cur.count,
+                cur.ver,
+            )
+        )
 
 
 class _Switch:
@@ -562,11 +632,97 @@ def _no_overflow() -> Iterator[None]:
 def _same(cur: Snapshot, revision: int) -> Snapshot:
     return Snapshot(
         cur.interner,
-        (cur.f_off, cur.f_dat, cur.f_ov),
-        (cur.r_off, cur.r_dat, cur.r_ov),
+        (cur.f_off, cur.f_dat, cur.f_ov, cur.f_ovl),
+        (cur.r_off, cur.r_dat, cur.r_ov, cur.r_ovl),
         revision,
         cur.count,
+        cur.ver,
     )
+
+
+def _empty_index() -> _Index:
+    return array(_OFF, [0]), array("q"), {}, [array("q")]
+
+
+def put_region(ovl: list[array[int]], ver: int, prev: int, group: array[int]) -> int:
+    """Append a region for `group` to the last chunk (or a new one); its reference."""
+    c = ovl[-1]
+    if c and len(c) + 3 + len(group) > _CHUNK:
+        c = array("q")
+        ovl.append(c)
+    start = len(c)
+    c.extend((ver, prev, len(group)))
+    c.extend(group)
+    return (len(ovl) - 1) << 32 | start
+
+
+def _append(
+    ovl: list[array[int]],
+    ov: dict[int, int],
+    block: Callable[[int], tuple[array[int], int, int]],
+    changes: dict[int, tuple[set[int], set[int]]],
+    ver: int,
+) -> tuple[list[tuple[int, int]], int]:
+    """Write the groups in `changes` (oid -> adds, removes), rebuilt from what `block` reads,
+    as regions of version `ver`; return (oid, ref) pairs to link and the entries written."""
+    refs: list[tuple[int, int]] = []
+    size = 0
+    for oid, (adds, removes) in changes.items():
+        arr, lo, hi = block(oid)
+        # Copy the group (one C call), then edit it in place: removals and insertions are
+        # each a bisect and a memmove, so a big group (an org's 10,000 funds) stays cheap.
+        new = arr[lo:hi]
+        for x in removes:
+            i = bisect_left(new, x)
+            if i < len(new) and new[i] == x:
+                del new[i]
+        for x in sorted(adds):
+            i = bisect_left(new, x)
+            if i == len(new) or new[i] != x:
+                new.insert(i, x)
+        refs.append((oid, put_region(ovl, ver, ov.get(oid, -1), new)))
+        size += len(new) + 3
+    return refs, size
+
+
+def _link(
+    f_ov: dict[int, int],
+    f_refs: list[tuple[int, int]],
+    r_ov: dict[int, int],
+    r_refs: list[tuple[int, int]],
+) -> None:
+    """Point the overlay dicts at the new regions; all of them, or (on any error) none."""
+    done: list[tuple[dict[int, int], int, int | None]] = []
+    try:
+        for ov, refs in ((f_ov, f_refs), (r_ov, r_refs)):
+            for oid, ref in refs:
+                done.append((ov, oid, ov.get(oid)))
+                ov[oid] = ref
+    except BaseException:
+        for ov, oid, old in reversed(done):
+            if old is None:
+                ov.pop(oid, None)
+            else:
+                ov[oid] = old
+        raise
+
+
+def _carry(
+    ov: dict[int, int], ovl: list[array[int]], since: int
+) -> tuple[dict[int, int], list[array[int]], int]:
+    """A fresh overlay holding the newest region of every group changed after version
+    `since` (as the only one: prev -1)."""
+    new_ov: dict[int, int] = {}
+    new_ovl = [array("q")]
+    size = 0
+    for oid, v in ov.items():  # the caller holds the write lock: `ov` cannot change
+        c = ovl[v >> 32]
+        s = v & OID_MASK
+        if c[s] > since:
+            n = c[s + 2]
+            new_ov[oid] = put_region(new_ovl, c[s], -1, c[s + 3 : s + 3 + n])
+            size += n + 3
+    return new_ov, new_ovl, size
 
 
 def _fentry(rid: int, sk: int) -> int:
@@ -614,40 +770,8 @@ def _pack(groups: dict[int, array[int]], n: int) -> tuple[array[int], array[int]
     return off, dat
 
 
-def _merge(
-    ov: dict[int, array[int]],
-    off: array[int],
-    dat: array[int],
-    changes: dict[int, tuple[set[int], set[int]]],
-) -> dict[int, array[int]]:
-    """The groups in `changes` (oid -> adds, removes) rebuilt from overlay `ov` or the base."""
-    out: dict[int, array[int]] = {}
-    nb = len(off) - 1
-    for oid, (adds, removes) in changes.items():
-        g = ov.get(oid)
-        if g is not None:
-            arr, lo, hi = g, 0, len(g)
-        elif oid < nb:
-            arr, lo, hi = dat, off[oid], off[oid + 1]
-        else:
-            arr, lo, hi = _EMPTY, 0, 0
-        # Copy the group (one C call), then edit it in place: removals and insertions are
-        # each a bisect and a memmove, so a big group (an org's 10,000 funds) stays cheap.
-        new = arr[lo:hi]
-        for x in removes:
-            i = bisect_left(new, x)
-            if i < len(new) and new[i] == x:
-                del new[i]
-        for x in sorted(adds):
-            i = bisect_left(new, x)
-            if i == len(new) or new[i] != x:
-                new.insert(i, x)
-        out[oid] = new
-    return out
-
-
 def _repack(
-    off: array[int], dat: array[int], ov: dict[int, array[int]], n: int
+    off: array[int], dat: array[int], ov: dict[int, tuple[array[int], int, int]], n: int
 ) -> tuple[array[int], array[int]]:
     """A new packed base: `off`/`dat` with the overlay's groups folded in, for n oids.
 
@@ -674,7 +798,8 @@ def _repack(
         gap = oid - (len(new_off) - 1)
         if gap > 0:  # objects interned after the base was packed, with no entries
             new_off.extend(repeat(len(new_dat), gap))
-        new_dat.extend(ov[oid])
+        arr, lo, hi = ov[oid]
+        new_dat.extend(arr[lo:hi])
         new_off.append(len(new_dat))
         pos = oid + 1
     copy(pos, nb)
