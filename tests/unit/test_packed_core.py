@@ -137,6 +137,7 @@ def test_fast_check_matches_walk_and_oracle(tuples: list[str], compact: bool) ->
     store = GraphStore(min_compaction=0 if compact else 4096)
     snap = store.load(tuples, revision=1)
     compare_paths(Evaluator(COMPILED), snap, tuples)
+    compare_paths(Evaluator(COMPILED, native=False), snap, tuples)
 
 
 @SETTINGS
@@ -149,6 +150,39 @@ def test_fast_check_after_delta(tuples: list[str], writes: list[str], data: st.D
     snap = store.apply(Delta.of(writes, deletes))
     after = sorted((set(tuples) - set(deletes)) | set(writes))
     compare_paths(Evaluator(COMPILED), snap, after)
+    compare_paths(Evaluator(COMPILED, native=False), snap, after)
+
+
+def test_the_c_kernel_is_built_and_used() -> None:
+    # The install builds it (pyproject ext-modules); without it checks still work but slower.
+    from gatehouse.engine import evaluator as ev_mod
+
+    assert ev_mod._kernel is not None, "gatehouse.engine._kernel was not built"
+    snap = GraphStore().load(["fund:f#viewer@user:ann"], revision=1)
+    ev = Evaluator(COMPILED)
+    assert ev.check(snap, parse_subject("user:ann"), "read", parse_object("fund:f")).allowed
+    assert ev._prog is not None and ev._prog.kernel is not None
+    slow = Evaluator(COMPILED, native=False)
+    assert slow.check(snap, parse_subject("user:ann"), "read", parse_object("fund:f")).allowed
+    assert slow._prog is not None and slow._prog.kernel is None
+
+
+def test_kernel_reads_old_snapshots_while_deltas_land() -> None:
+    # Old snapshots stay readable through the kernel: its cached view is per snapshot, and
+    # the shared overlay is read at each snapshot's own version.
+    store = GraphStore(min_compaction=1 << 30)
+    store.load(["fund:f#viewer@user:u0"], revision=1)
+    ev = Evaluator(COMPILED)
+    snaps = [store.current]
+    for i in range(1, 6):
+        snaps.append(
+            store.apply(Delta.of([f"fund:f#viewer@user:u{i}"], [f"fund:f#viewer@user:u{i - 1}"]))
+        )
+    f = parse_object("fund:f")
+    for i, snap in enumerate(snaps):
+        for j in range(6):
+            got = ev.check(snap, parse_subject(f"user:u{j}"), "read", f).allowed
+            assert got == (i == j), (i, j)
 
 
 def test_fast_check_depth_limit_matches_walk() -> None:

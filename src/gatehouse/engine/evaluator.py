@@ -7,6 +7,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
+from typing import Any
 
 from gatehouse.graph.store import (
     F_REL,
@@ -33,6 +34,11 @@ from gatehouse.model.compiler import (
     RelPlan,
     UnionPlan,
 )
+
+try:  # the C build of the compiled check; without it the Python nodes run (same answers)
+    from gatehouse.engine import _kernel
+except ImportError:  # pragma: no cover - exercised by installs without a C compiler
+    _kernel = None  # type: ignore[assignment]
 
 DEFAULT_MAX_DEPTH = 50
 
@@ -153,11 +159,13 @@ class Evaluator:
         schema: CompiledSchema,
         max_depth: int = DEFAULT_MAX_DEPTH,
         closure_cache: int = 16384,
+        native: bool = True,
     ) -> None:
         """`closure_cache`: how many subjects' group closures the compiled check keeps for
         the snapshot it last ran on (0: none). A closure depends only on the snapshot, so
         reuse is exact; the table is dropped when a check sees another snapshot and cleared
-        when full."""
+        when full. `native`: run the compiled check in the C kernel when it is built (the
+        Python nodes otherwise; both give the same answers and reasons)."""
         if max_depth < 1:
             raise ValueError("max_depth must be at least 1")
         if closure_cache < 0:
@@ -165,6 +173,7 @@ class Evaluator:
         self.schema = schema
         self.max_depth = max_depth
         self.closure_cache = closure_cache
+        self.native = native and _kernel is not None
         self._calls: dict[int, Plan | None] = {}
         self._closure_keys = _closure_relations(schema)
         self._rid_plans: dict[int, tuple[Plan | None, bool]] = {}
@@ -205,7 +214,12 @@ class Evaluator:
     ) -> Decision:
         it = snap.interner
         prog = self._prog
-        if prog is None or prog.it is not it or prog.nrel != len(it.rel_names):
+        if (
+            prog is None
+            or prog.it is not it
+            or prog.nrel != len(it.rel_names)
+            or prog.names is not it.names
+        ):
             prog = self._program(it)
         fn = prog.fns.get((resource.type, permission))
         if fn is not None and subject.relation is None and subject.type in prog.types:
@@ -218,23 +232,26 @@ class Evaluator:
                 return Decision(False, snap.revision, "no_path")
             s = look(f"{subject.type}:{subject.id}")
             w = it.wildcards.get(subject.type)
-            cache = None
-            if self.closure_cache:
-                held = prog.closures
-                if held[0] is not snap:
-                    held = prog.closures = (snap, {})
-                cache = held[1]
-            fq = _FastQuery(
-                snap,
-                -1 if s is None else s << REL_BITS,
-                -1 if w is None else w << REL_BITS,
-                prog.closure_rids,
-                self.max_depth,
-                cache,
-                self.closure_cache,
-            )
+            sk = -1 if s is None else s << REL_BITS
+            wk = -1 if w is None else w << REL_BITS
+            held = prog.closures
+            if held[0] is not snap:
+                held = prog.closures = self._closures(prog, snap)
             try:
-                reason = fn(fq, oid)
+                kern = prog.kernel
+                if kern is not None:
+                    reason = kern.run(snap, prog.knodes[fn], oid, sk, wk, held[2])
+                else:
+                    fq = _FastQuery(
+                        snap,
+                        sk,
+                        wk,
+                        prog.closure_rids,
+                        self.max_depth,
+                        held[1],
+                        self.closure_cache,
+                    )
+                    reason = fn(fq, oid)
             except _Fallback:
                 pass
             else:
@@ -400,6 +417,26 @@ class Evaluator:
         return self.schema.plan(tname, rel)
 
     # compiled fast path ------------------------------------------------------------
+    def _closures(self, prog: _Program, snap: Snapshot) -> _Closures:
+        """The subject-closure table for `snap` and the lookup the C kernel calls."""
+        cache: dict[tuple[int, int], tuple[set[int], bool]] | None = (
+            {} if self.closure_cache else None
+        )
+        rids, depth, limit = prog.closure_rids, self.max_depth, self.closure_cache
+
+        def members(sk: int, wk: int) -> tuple[set[int], bool]:
+            if cache is None:
+                return _closure_packed(snap, sk, wk, rids, depth)
+            hit = cache.get((sk, wk))
+            if hit is None:
+                hit = _closure_packed(snap, sk, wk, rids, depth)
+                if len(cache) >= limit:
+                    cache.clear()
+                cache[(sk, wk)] = hit
+            return hit
+
+        return snap, cache, members
+
     def _program(self, it: Interner) -> _Program:
         """Compile every plan the fast path covers against the interner's current ids.
 
@@ -422,6 +459,8 @@ class Evaluator:
             for name in self.schema.members(tname):
                 node = self._compile_member(prog, tname, (name,), set())
                 prog.fns[(tname, name)] = None if node is None else prog.entry(node)
+        if self.native:
+            prog.lower(DepthExceeded(f"graph nested deeper than {self.max_depth} levels"))
         self._prog = prog
         return prog
 
@@ -919,6 +958,21 @@ class _Fallback(Exception):
 # entry point takes the oid and finds its group once for all the nodes below it.
 _Node = Callable[["_FastQuery", "array[int]", int, int], str | None]
 _Entry = Callable[["_FastQuery", int], str | None]
+# What the C kernel runs for a node: (kind, base, ubase, end, reason parts, child nodes,
+# (type id -> target entry, type ids to skip, type count at compile time)).
+_Spec = tuple[
+    int, int, int, int, str, str, Sequence[_Node], tuple[dict[int, _Entry], frozenset[int], int]
+]
+_Closures = tuple[
+    "Snapshot | None",
+    "dict[tuple[int, int], tuple[set[int], bool]] | None",
+    Callable[[int, int], tuple[set[int], bool]],
+]
+_K_NIL, _K_REL, _K_UNION, _K_ARROW, _K_MULTI = range(5)  # node kinds, as in _kernel.c
+
+
+def _no_members(sk: int, wk: int) -> tuple[set[int], bool]:
+    raise AssertionError("no snapshot bound")
 
 
 class _FastQuery:
@@ -994,6 +1048,7 @@ class _Program:
 
     def __init__(self, it: Interner, nrel: int, types: frozenset[str]) -> None:
         self.it = it
+        self.names = it.names
         self.nrel = nrel
         self.types = types
         self.fns: dict[tuple[str, str], _Entry | None] = {}
@@ -1004,18 +1059,68 @@ class _Program:
         self.other_rids: set[int] = set()
         self.closure_rids: list[int] = []
         self.depths: dict[int, int] = {}  # id(node) -> arrow hops below it
-        # subject closures for one snapshot: (snapshot, (sk, wk) -> (closure, truncated))
-        self.closures: tuple[Snapshot | None, dict[tuple[int, int], tuple[set[int], bool]]] = (
-            None,
-            {},
-        )
+        # subject closures for one snapshot: (snapshot, (sk, wk) -> (closure, truncated), and
+        # the lookup through that table)
+        self.closures: _Closures = (None, None, _no_members)
+        self.specs: dict[int, _Spec] = {}  # id(node) -> what the C kernel needs to run it
+        self.entry_nodes: dict[int, _Node] = {}  # id(entry) -> its node
+        self.kernel: Any = None  # _kernel.Program, once lowered
+        self.knodes: dict[_Entry, int] = {}  # entry -> index of its node in the kernel
 
     def depth_of(self, node: _Node) -> int:
         return self.depths.get(id(node), 0)
 
-    def keep(self, node: _Node, depth: int) -> _Node:
+    def keep(self, node: _Node, depth: int, spec: _Spec) -> _Node:
         self.depths[id(node)] = depth
+        self.specs[id(node)] = spec
         return node
+
+    def lower(self, depth_error: DepthExceeded) -> None:
+        """Give the C kernel every node reachable from a compiled entry point, as specs
+        whose node references are list indexes."""
+        order: dict[int, int] = {}
+        nodes: list[_Node] = []
+
+        def visit(node: _Node) -> int:
+            k = id(node)
+            if k not in order:
+                order[k] = len(nodes)
+                nodes.append(node)
+                spec = self.specs[k]
+                for kid in spec[6]:
+                    visit(kid)
+                for f in spec[7][0].values():
+                    visit(self.entry_nodes[id(f)])
+            return order[k]
+
+        entries = {f: visit(self.entry_nodes[id(f)]) for f in self.fns.values() if f is not None}
+        out = []
+        for node in nodes:
+            kind, base, ubase, end, s1, s2, kids, (targets, skip, ntypes) = self.specs[id(node)]
+            tlist = [
+                order[id(self.entry_nodes[id(targets[t])])]
+                if t in targets
+                else -1
+                if t in skip
+                else -2
+                for t in range(ntypes)
+            ]
+            out.append((kind, base, ubase, end, s1, s2, [order[id(k)] for k in kids], tlist))
+        relkind = bytes(
+            1 if r in self.closed_rids else 2 if r in self.other_rids else 0
+            for r in range(self.nrel)
+        )
+        self.kernel = _kernel.Program(
+            out,
+            relkind,
+            self.it.names,
+            self.it.obj_type,
+            self.it.subject_str,
+            _Fallback,
+            DepthExceeded,
+            str(depth_error),
+        )
+        self.knodes = entries
 
     def slot(self, f: _Entry) -> int:
         """A small number naming entry point `f` in per-check memo keys."""
@@ -1050,6 +1155,7 @@ class _Program:
             return node(q, q.f_dat, lo, hi)
 
         self.entries[id(node)] = enter
+        self.entry_nodes[id(enter)] = node
         return enter
 
 
@@ -1057,7 +1163,7 @@ def _nil_node(prog: _Program) -> _Node:
     def nil(q: _FastQuery, arr: array[int], lo: int, hi: int) -> str | None:
         return None
 
-    return prog.keep(nil, 0)
+    return prog.keep(nil, 0, (_K_NIL, 0, 0, 0, "", "", (), ({}, frozenset(), 0)))
 
 
 def _rel_node(prog: _Program, rid: int | None, key: str) -> _Node:
@@ -1131,7 +1237,7 @@ def _rel_node(prog: _Program, rid: int | None, key: str) -> _Node:
             i += 1
         return None
 
-    return prog.keep(rel, 0)
+    return prog.keep(rel, 0, (_K_REL, base, ubase, end, direct, wildcard, (), ({}, frozenset(), 0)))
 
 
 def _union_node(prog: _Program, kids: list[_Node]) -> _Node:
@@ -1145,7 +1251,7 @@ def _union_node(prog: _Program, kids: list[_Node]) -> _Node:
             r = a(q, arr, lo, hi)
             return r if r is not None else b(q, arr, lo, hi)
 
-        return prog.keep(union2, depth)
+        return prog.keep(union2, depth, (_K_UNION, 0, 0, 0, "", "", (a, b), ({}, frozenset(), 0)))
     if len(kids) == 3:
         a, b, c = kids
 
@@ -1156,7 +1262,9 @@ def _union_node(prog: _Program, kids: list[_Node]) -> _Node:
             r = b(q, arr, lo, hi)
             return r if r is not None else c(q, arr, lo, hi)
 
-        return prog.keep(union3, depth)
+        return prog.keep(
+            union3, depth, (_K_UNION, 0, 0, 0, "", "", (a, b, c), ({}, frozenset(), 0))
+        )
     kt = tuple(kids)
 
     def union(q: _FastQuery, arr: array[int], lo: int, hi: int) -> str | None:
@@ -1166,7 +1274,7 @@ def _union_node(prog: _Program, kids: list[_Node]) -> _Node:
                 return r
         return None
 
-    return prog.keep(union, depth)
+    return prog.keep(union, depth, (_K_UNION, 0, 0, 0, "", "", kt, ({}, frozenset(), 0)))
 
 
 def _arrow_node(
@@ -1208,7 +1316,8 @@ def _arrow_node(
                 return f"{tupleset}->{names[toid]} > {r}"
         return None
 
-    return prog.keep(arrow, depth)
+    spec = (_K_ARROW, base, ubase, 0, tupleset, "", (), (targets, skip, len(it.type_names)))
+    return prog.keep(arrow, depth, spec)
 
 
 def _multi_arrow_node(
@@ -1257,7 +1366,9 @@ def _multi_arrow_node(
             return f"{tupleset}->{names[toid]} > {r}"
         return None
 
-    return prog.keep(multi, depth)
+    ntypes = len(it.type_names)
+    spec = (_K_MULTI, base, ubase, 0, tupleset, "", tuple(singles), (targets, skip, ntypes))
+    return prog.keep(multi, depth, spec)
 
 
 def _closure_of(

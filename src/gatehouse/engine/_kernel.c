@@ -1,0 +1,755 @@
+/* The compiled check of gatehouse.engine.evaluator, in C.
+ *
+ * The Python compiler (Evaluator._program) lowers every plan the fast path covers to a list
+ * of node specs; this module runs them over a snapshot's packed forward index. It mirrors the
+ * Python nodes (_rel_node, _union_node, _arrow_node, _multi_arrow_node) exactly, so the two
+ * give the same answer and the same reason; the Python nodes remain the reference and the
+ * fallback when this module is not built. Errors propagate as exceptions (the caller turns
+ * them into a deny); the GIL is held throughout.
+ *
+ * Memory safety: the packed base arrays of a snapshot are never resized, so their buffers
+ * are held while a snapshot is cached. Overlay chunks and the interner's type array may be
+ * appended to by a writer thread whenever Python code runs (the members and subject_str
+ * callbacks), so they are read through a buffer taken and released around each access, and
+ * an overlay region is copied before it is walked.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define REL_BITS 12
+#define REL_MASK ((1LL << REL_BITS) - 1)
+#define F_US (1LL << 43)
+#define SK_MASK (F_US - 1)
+#define OID_MASK ((1LL << 32) - 1)
+
+enum { K_NIL, K_REL, K_UNION, K_ARROW, K_MULTI };
+
+typedef struct {
+    int kind;
+    int64_t base, ubase, end;
+    PyObject *s1; /* rel: "direct key"; arrow, multi: tupleset */
+    PyObject *s2; /* rel: "wildcard key" */
+    int *kids;    /* union: children; multi: the single arrows */
+    int nkids;
+    int *targets; /* arrow, multi: per type id, the entry node or -1 (skip the edge) */
+    int ntargets;
+} Node;
+
+typedef struct {
+    PyObject_HEAD
+    Node *nodes;
+    int nnodes;
+    PyObject *names;       /* interner.names (list, grows) */
+    PyObject *obj_type;    /* interner.obj_type (array('H'), grows) */
+    PyObject *subject_str; /* interner.subject_str */
+    PyObject *fallback;    /* exception class: use the general walk */
+    PyObject *depth_exc;   /* exception class: nesting too deep */
+    PyObject *depth_msg;   /* its message */
+    unsigned char *relkind; /* per rid: 1 closed userset, 2 other userset, 0 neither */
+    Py_ssize_t nrel;
+    /* the snapshot last run on */
+    PyObject *snap;
+    Py_buffer off, dat;
+    int have_buf;
+    PyObject *ov, *ovl;
+    int64_t nf, ver;
+} Program;
+
+typedef struct {
+    int64_t key;
+    PyObject *val; /* borrowed from the memo's own references */
+} Memo;
+
+typedef struct {
+    Program *p;
+    /* this run's snapshot, copied from the program's cache: another thread may bind the
+     * program to another snapshot while this run waits in a callback */
+    const uint32_t *off;
+    const int64_t *dat;
+    Py_ssize_t ndat;
+    PyObject *ov, *ovl; /* borrowed: the run holds the snapshot */
+    int64_t nf, ver;
+    int64_t sk, wk;
+    PyObject *members_fn;
+    PyObject *members; /* set, once computed */
+    int truncated;
+    Memo *memo;
+    Py_ssize_t cap, n;
+} Query;
+
+static PyObject *run_node(Query *q, int idx, const int64_t *arr, Py_ssize_t lo, Py_ssize_t hi);
+
+/* ---- small helpers ------------------------------------------------------------------- */
+
+static Py_ssize_t bisect(const int64_t *a, int64_t x, Py_ssize_t lo, Py_ssize_t hi)
+{
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) >> 1;
+        if (a[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int get_buf(PyObject *o, Py_buffer *b, Py_ssize_t itemsize)
+{
+    if (PyObject_GetBuffer(o, b, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (b->len % itemsize) {
+        PyBuffer_Release(b);
+        PyErr_SetString(PyExc_TypeError, "kernel: array of the wrong item size");
+        return -1;
+    }
+    return 0;
+}
+
+static int type_of(Program *p, int64_t oid, long *tid)
+{
+    Py_buffer b;
+    if (get_buf(p->obj_type, &b, 2) < 0)
+        return -1;
+    if (oid < 0 || oid >= b.len / 2) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_IndexError, "kernel: object id out of range");
+        return -1;
+    }
+    *tid = ((const uint16_t *)b.buf)[oid];
+    PyBuffer_Release(&b);
+    return 0;
+}
+
+static PyObject *name_of(Program *p, int64_t oid)
+{
+    if (oid < 0 || oid >= PyList_GET_SIZE(p->names)) {
+        PyErr_SetString(PyExc_IndexError, "kernel: object id out of range");
+        return NULL;
+    }
+    PyObject *s = PyList_GET_ITEM(p->names, oid);
+    Py_INCREF(s);
+    return s;
+}
+
+static void memo_clear(Query *q)
+{
+    for (Py_ssize_t i = 0; i < q->cap; i++)
+        if (q->memo[i].val)
+            Py_DECREF(q->memo[i].val);
+    PyMem_Free(q->memo);
+    q->memo = NULL;
+    q->cap = q->n = 0;
+}
+
+static Memo *memo_slot(Query *q, int64_t key)
+{
+    uint64_t h = (uint64_t)key * 0x9E3779B97F4A7C15ULL;
+    Py_ssize_t mask = q->cap - 1;
+    Py_ssize_t i = (Py_ssize_t)(h >> 32) & mask;
+    while (q->memo[i].val && q->memo[i].key != key)
+        i = (i + 1) & mask;
+    return &q->memo[i];
+}
+
+/* a new reference to the memoised result, or NULL (not found, no error) */
+static PyObject *memo_get(Query *q, int64_t key)
+{
+    if (!q->cap)
+        return NULL;
+    Memo *m = memo_slot(q, key);
+    if (!m->val)
+        return NULL;
+    Py_INCREF(m->val);
+    return m->val;
+}
+
+static int memo_put(Query *q, int64_t key, PyObject *val)
+{
+    if (2 * (q->n + 1) > q->cap) {
+        Py_ssize_t cap = q->cap ? 2 * q->cap : 16;
+        Memo *old = q->memo;
+        Py_ssize_t ocap = q->cap;
+        q->memo = PyMem_Calloc((size_t)cap, sizeof(Memo));
+        if (!q->memo) {
+            q->memo = old;
+            PyErr_NoMemory();
+            return -1;
+        }
+        q->cap = cap;
+        for (Py_ssize_t i = 0; i < ocap; i++)
+            if (old[i].val)
+                *memo_slot(q, old[i].key) = old[i];
+        PyMem_Free(old);
+    }
+    Memo *m = memo_slot(q, key);
+    Py_INCREF(val);
+    m->key = key;
+    m->val = val;
+    q->n++;
+    return 0;
+}
+
+static PyObject *members(Query *q)
+{
+    if (q->members)
+        return q->members;
+    PyObject *r = PyObject_CallFunction(q->members_fn, "LL", (long long)q->sk, (long long)q->wk);
+    if (!r)
+        return NULL;
+    if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 2 || !PyAnySet_Check(PyTuple_GET_ITEM(r, 0))) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_TypeError, "kernel: members() must return (set, bool)");
+        return NULL;
+    }
+    q->truncated = PyObject_IsTrue(PyTuple_GET_ITEM(r, 1));
+    q->members = PyTuple_GET_ITEM(r, 0);
+    Py_INCREF(q->members);
+    Py_DECREF(r);
+    if (q->truncated < 0)
+        return NULL;
+    return q->members;
+}
+
+/* ---- the object's group, then a node over it ------------------------------------------- */
+
+static PyObject *enter(Query *q, int idx, int64_t oid)
+{
+    if (oid < 0 || oid > OID_MASK)
+        Py_RETURN_NONE;
+    PyObject *key = PyLong_FromLongLong(oid);
+    if (!key)
+        return NULL;
+    PyObject *ref = PyDict_GetItemWithError(q->ov, key);
+    Py_DECREF(key);
+    if (!ref && PyErr_Occurred())
+        return NULL;
+    if (ref) {
+        /* overlay: the newest region not newer than the snapshot */
+        int64_t v = PyLong_AsLongLong(ref);
+        if (v == -1 && PyErr_Occurred())
+            return NULL;
+        while (v >= 0) {
+            int64_t ci = v >> 32, s = v & OID_MASK;
+            if (ci >= PyList_GET_SIZE(q->ovl)) {
+                PyErr_SetString(PyExc_IndexError, "kernel: overlay chunk out of range");
+                return NULL;
+            }
+            Py_buffer b;
+            if (get_buf(PyList_GET_ITEM(q->ovl, ci), &b, 8) < 0)
+                return NULL;
+            const int64_t *c = b.buf;
+            Py_ssize_t len = b.len / 8;
+            if (s + 3 > len || s + 3 + c[s + 2] > len) {
+                PyBuffer_Release(&b);
+                PyErr_SetString(PyExc_IndexError, "kernel: overlay region out of range");
+                return NULL;
+            }
+            if (c[s] <= q->ver) {
+                Py_ssize_t n = (Py_ssize_t)c[s + 2];
+                if (!n) {
+                    PyBuffer_Release(&b);
+                    Py_RETURN_NONE;
+                }
+                int64_t *copy = PyMem_Malloc((size_t)n * 8);
+                if (!copy) {
+                    PyBuffer_Release(&b);
+                    return PyErr_NoMemory();
+                }
+                memcpy(copy, c + s + 3, (size_t)n * 8);
+                PyBuffer_Release(&b);
+                PyObject *r = run_node(q, idx, copy, 0, n);
+                PyMem_Free(copy);
+                return r;
+            }
+            v = c[s + 1];
+            PyBuffer_Release(&b);
+        }
+    }
+    if (oid >= q->nf)
+        Py_RETURN_NONE;
+    Py_ssize_t lo = q->off[oid], hi = q->off[oid + 1];
+    if (lo == hi)
+        Py_RETURN_NONE;
+    if (lo > hi || hi > q->ndat) {
+        PyErr_SetString(PyExc_IndexError, "kernel: offsets past the entries");
+        return NULL;
+    }
+    return run_node(q, idx, q->dat, lo, hi);
+}
+
+/* ---- nodes -------------------------------------------------------------------------- */
+
+static PyObject *run_rel(Query *q, Node *nd, const int64_t *arr, Py_ssize_t lo, Py_ssize_t hi)
+{
+    Program *p = q->p;
+    Py_ssize_t i = bisect(arr, nd->base, lo, hi);
+    if (i == hi || arr[i] >= nd->end)
+        Py_RETURN_NONE;
+    int64_t x = q->sk >= 0 ? (nd->base | q->sk) : -1;
+    int64_t xw = q->wk >= 0 ? (nd->base | q->wk) : -1;
+    if (arr[i] < nd->ubase) {
+        /* plain subjects: the subject itself, then the wildcard */
+        Py_ssize_t u = bisect(arr, nd->ubase, i, hi);
+        if (x >= 0) {
+            Py_ssize_t j = bisect(arr, x, i, u);
+            if (j < u && arr[j] == x)
+                return Py_NewRef(nd->s1);
+        }
+        if (xw >= 0) {
+            Py_ssize_t j = bisect(arr, xw, i, u);
+            if (j < u && arr[j] == xw)
+                return Py_NewRef(nd->s2);
+        }
+        i = u;
+        if (i == hi || arr[i] >= nd->end)
+            Py_RETURN_NONE;
+    }
+    PyObject *mem = members(q);
+    if (!mem)
+        return NULL;
+    for (; i < hi; i++) {
+        int64_t v = arr[i];
+        if (v >= nd->end)
+            break;
+        int64_t uk = v & SK_MASK;
+        PyObject *k = PyLong_FromLongLong(uk);
+        if (!k)
+            return NULL;
+        int in = PySet_Contains(mem, k);
+        Py_DECREF(k);
+        if (in < 0)
+            return NULL;
+        if (in) {
+            PyObject *s = PyObject_CallFunction(p->subject_str, "L", (long long)uk);
+            if (!s)
+                return NULL;
+            PyObject *r = PyUnicode_FromFormat("through %U", s);
+            Py_DECREF(s);
+            return r;
+        }
+        int64_t r = uk & REL_MASK;
+        unsigned char kind = r < p->nrel ? p->relkind[r] : 2;
+        if (kind == 1) {
+            if (q->truncated) {
+                PyErr_SetObject(p->depth_exc, p->depth_msg);
+                return NULL;
+            }
+        } else if (kind == 2) {
+            PyErr_SetNone(p->fallback);
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* one arrow edge to `toid` through entry `target`, memoised; new ref or NULL */
+static PyObject *follow(Query *q, Node *nd, int64_t toid, int target)
+{
+    int64_t mk = toid << 20 | target;
+    PyObject *r = memo_get(q, mk);
+    if (!r) {
+        r = enter(q, target, toid);
+        if (!r || memo_put(q, mk, r) < 0) {
+            Py_XDECREF(r);
+            return NULL;
+        }
+    }
+    if (r == Py_None)
+        return r;
+    PyObject *name = name_of(q->p, toid);
+    if (!name) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    PyObject *out = PyUnicode_FromFormat("%U->%U > %U", nd->s1, name, r);
+    Py_DECREF(name);
+    Py_DECREF(r);
+    return out;
+}
+
+/* the entry node for type `tid`: >= 0, -1 skip, -2 fall back (error set) */
+static int target_of(Query *q, Node *nd, int64_t toid)
+{
+    long tid;
+    if (type_of(q->p, toid, &tid) < 0)
+        return -2;
+    if (tid >= nd->ntargets) {
+        PyErr_SetNone(q->p->fallback); /* a type interned after compilation */
+        return -2;
+    }
+    int t = nd->targets[tid];
+    if (t == -2)
+        PyErr_SetNone(q->p->fallback);
+    return t;
+}
+
+static PyObject *run_arrow(Query *q, Node *nd, const int64_t *arr, Py_ssize_t lo, Py_ssize_t hi)
+{
+    Py_ssize_t a = bisect(arr, nd->base, lo, hi);
+    if (a == hi || arr[a] >= nd->ubase)
+        Py_RETURN_NONE;
+    Py_ssize_t b = bisect(arr, nd->ubase, a, hi);
+    for (Py_ssize_t i = a; i < b; i++) {
+        int64_t toid = (arr[i] & SK_MASK) >> REL_BITS;
+        int t = target_of(q, nd, toid);
+        if (t == -2)
+            return NULL;
+        if (t == -1)
+            continue;
+        PyObject *r = follow(q, nd, toid, t);
+        if (r != Py_None)
+            return r; /* an answer or an error */
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *run_multi(Query *q, Node *nd, const int64_t *arr, Py_ssize_t lo, Py_ssize_t hi)
+{
+    Py_ssize_t a = bisect(arr, nd->base, lo, hi);
+    if (a == hi || arr[a] >= nd->ubase)
+        Py_RETURN_NONE;
+    if (a + 1 < hi && arr[a + 1] < nd->ubase) {
+        /* several targets: each arrow in turn */
+        for (int k = 0; k < nd->nkids; k++) {
+            PyObject *r = run_node(q, nd->kids[k], arr, lo, hi);
+            if (r != Py_None)
+                return r;
+            Py_DECREF(r);
+        }
+        Py_RETURN_NONE;
+    }
+    int64_t toid = (arr[a] & SK_MASK) >> REL_BITS;
+    int t = target_of(q, nd, toid);
+    if (t == -2)
+        return NULL;
+    if (t == -1)
+        Py_RETURN_NONE;
+    return follow(q, nd, toid, t);
+}
+
+static PyObject *run_node(Query *q, int idx, const int64_t *arr, Py_ssize_t lo, Py_ssize_t hi)
+{
+    Node *nd = &q->p->nodes[idx];
+    switch (nd->kind) {
+    case K_REL:
+        return run_rel(q, nd, arr, lo, hi);
+    case K_UNION:
+        for (int k = 0; k < nd->nkids; k++) {
+            PyObject *r = run_node(q, nd->kids[k], arr, lo, hi);
+            if (r != Py_None)
+                return r;
+            Py_DECREF(r);
+        }
+        Py_RETURN_NONE;
+    case K_ARROW:
+        return run_arrow(q, nd, arr, lo, hi);
+    case K_MULTI:
+        return run_multi(q, nd, arr, lo, hi);
+    default:
+        Py_RETURN_NONE;
+    }
+}
+
+/* ---- the Program type ------------------------------------------------------------------ */
+
+static void release_snap(Program *p)
+{
+    if (p->have_buf) {
+        PyBuffer_Release(&p->off);
+        PyBuffer_Release(&p->dat);
+        p->have_buf = 0;
+    }
+    Py_CLEAR(p->snap);
+    Py_CLEAR(p->ov);
+    Py_CLEAR(p->ovl);
+}
+
+static int attr_i64(PyObject *o, const char *name, int64_t *out)
+{
+    PyObject *v = PyObject_GetAttrString(o, name);
+    if (!v)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int bind_snap(Program *p, PyObject *snap)
+{
+    if (p->snap == snap)
+        return 0;
+    release_snap(p);
+    PyObject *off = PyObject_GetAttrString(snap, "f_off");
+    PyObject *dat = off ? PyObject_GetAttrString(snap, "f_dat") : NULL;
+    int ok = off && dat && get_buf(off, &p->off, 4) == 0;
+    if (ok && get_buf(dat, &p->dat, 8) < 0) {
+        PyBuffer_Release(&p->off);
+        ok = 0;
+    }
+    Py_XDECREF(off);
+    Py_XDECREF(dat);
+    if (!ok)
+        return -1;
+    p->have_buf = 1;
+    p->ov = PyObject_GetAttrString(snap, "f_ov");
+    p->ovl = p->ov ? PyObject_GetAttrString(snap, "f_ovl") : NULL;
+    if (!p->ov || !p->ovl || !PyDict_Check(p->ov) || !PyList_Check(p->ovl) ||
+        attr_i64(snap, "nf", &p->nf) < 0 || attr_i64(snap, "ver", &p->ver) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "kernel: not a snapshot");
+        release_snap(p);
+        return -1;
+    }
+    if (p->nf < 0 || p->nf + 1 > p->off.len / 4) {
+        PyErr_SetString(PyExc_ValueError, "kernel: offsets shorter than the object count");
+        release_snap(p);
+        return -1;
+    }
+    p->snap = Py_NewRef(snap);
+    return 0;
+}
+
+static void free_nodes(Program *p)
+{
+    for (int i = 0; i < p->nnodes; i++) {
+        Py_XDECREF(p->nodes[i].s1);
+        Py_XDECREF(p->nodes[i].s2);
+        PyMem_Free(p->nodes[i].kids);
+        PyMem_Free(p->nodes[i].targets);
+    }
+    PyMem_Free(p->nodes);
+    p->nodes = NULL;
+    p->nnodes = 0;
+}
+
+static int read_ints(PyObject *seq, int **out, int *n, int limit)
+{
+    PyObject *fast = PySequence_Fast(seq, "kernel: expected a sequence");
+    if (!fast)
+        return -1;
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
+    *out = PyMem_Calloc((size_t)(len ? len : 1), sizeof(int));
+    *n = (int)len;
+    if (!*out) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if ((v == -1 && PyErr_Occurred()) || v < -2 || v >= limit) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "kernel: node reference out of range");
+            Py_DECREF(fast);
+            return -1;
+        }
+        (*out)[i] = (int)v;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+/* spec: (kind, base, ubase, end, s1, s2, kids, targets) */
+static int parse_node(Node *nd, PyObject *spec, int nnodes)
+{
+    int kind;
+    long long base, ubase, end;
+    PyObject *s1, *s2, *kids, *targets;
+    if (!PyArg_ParseTuple(spec, "iLLLOOOO", &kind, &base, &ubase, &end, &s1, &s2, &kids, &targets))
+        return -1;
+    if (kind < K_NIL || kind > K_MULTI) {
+        PyErr_SetString(PyExc_ValueError, "kernel: unknown node kind");
+        return -1;
+    }
+    nd->kind = kind;
+    nd->base = base;
+    nd->ubase = ubase;
+    nd->end = end;
+    nd->s1 = Py_NewRef(s1);
+    nd->s2 = Py_NewRef(s2);
+    if ((kind == K_REL && (!PyUnicode_Check(s1) || !PyUnicode_Check(s2))) ||
+        ((kind == K_ARROW || kind == K_MULTI) && !PyUnicode_Check(s1))) {
+        PyErr_SetString(PyExc_TypeError, "kernel: reason parts must be str");
+        return -1;
+    }
+    if (read_ints(kids, &nd->kids, &nd->nkids, nnodes) < 0)
+        return -1;
+    if (read_ints(targets, &nd->targets, &nd->ntargets, nnodes) < 0)
+        return -1;
+    return 0;
+}
+
+static int Program_init(Program *self, PyObject *args, PyObject *kw)
+{
+    PyObject *specs, *names, *obj_type, *subject_str, *fallback, *depth_exc, *depth_msg;
+    Py_buffer relkind;
+    static char *kwlist[] = {"nodes", "relkind", "names", "obj_type", "subject_str",
+                             "fallback", "depth_error", "depth_message", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*OOOOOU", kwlist, &specs, &relkind, &names,
+                                     &obj_type, &subject_str, &fallback, &depth_exc,
+                                     &depth_msg))
+        return -1;
+    int rc = -1;
+    if (!PyList_Check(names) || !PyCallable_Check(subject_str) ||
+        !PyExceptionClass_Check(fallback) || !PyExceptionClass_Check(depth_exc)) {
+        PyErr_SetString(PyExc_TypeError, "kernel: bad Program arguments");
+        goto done;
+    }
+    PyObject *fast = PySequence_Fast(specs, "kernel: nodes must be a sequence");
+    if (!fast)
+        goto done;
+    release_snap(self);
+    free_nodes(self);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    self->nodes = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Node));
+    if (!self->nodes) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        goto done;
+    }
+    self->nnodes = (int)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (parse_node(&self->nodes[i], PySequence_Fast_GET_ITEM(fast, i), (int)n) < 0) {
+            Py_DECREF(fast);
+            free_nodes(self);
+            goto done;
+        }
+    }
+    Py_DECREF(fast);
+    PyMem_Free(self->relkind);
+    self->relkind = PyMem_Malloc(relkind.len ? (size_t)relkind.len : 1);
+    if (!self->relkind) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(self->relkind, relkind.buf, (size_t)relkind.len);
+    self->nrel = relkind.len;
+    Py_XSETREF(self->names, Py_NewRef(names));
+    Py_XSETREF(self->obj_type, Py_NewRef(obj_type));
+    Py_XSETREF(self->subject_str, Py_NewRef(subject_str));
+    Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    Py_XSETREF(self->depth_exc, Py_NewRef(depth_exc));
+    Py_XSETREF(self->depth_msg, Py_NewRef(depth_msg));
+    rc = 0;
+done:
+    PyBuffer_Release(&relkind);
+    return rc;
+}
+
+static PyObject *Program_run(Program *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "run(snap, entry, oid, sk, wk, members)");
+        return NULL;
+    }
+    if (!self->nodes) {
+        PyErr_SetString(PyExc_RuntimeError, "kernel: program not initialised");
+        return NULL;
+    }
+    long entry = PyLong_AsLong(args[1]);
+    long long oid = PyLong_AsLongLong(args[2]);
+    long long sk = PyLong_AsLongLong(args[3]);
+    long long wk = PyLong_AsLongLong(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (entry < 0 || entry >= self->nnodes) {
+        PyErr_SetString(PyExc_ValueError, "kernel: entry out of range");
+        return NULL;
+    }
+    if (bind_snap(self, args[0]) < 0)
+        return NULL;
+    /* The run holds its snapshot, so its base arrays (never resized) stay valid even if
+     * another thread rebinds the program meanwhile. */
+    PyObject *snap = Py_NewRef(self->snap);
+    Query q = {self,
+               self->off.buf,
+               self->dat.buf,
+               self->dat.len / 8,
+               self->ov,
+               self->ovl,
+               self->nf,
+               self->ver,
+               sk,
+               wk,
+               args[5],
+               NULL,
+               0,
+               NULL,
+               0,
+               0};
+    PyObject *r = enter(&q, (int)entry, oid);
+    Py_DECREF(snap);
+    memo_clear(&q);
+    Py_XDECREF(q.members);
+    return r;
+}
+
+static int Program_traverse(Program *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->names);
+    Py_VISIT(self->obj_type);
+    Py_VISIT(self->subject_str);
+    Py_VISIT(self->snap);
+    return 0;
+}
+
+static int Program_clear(Program *self)
+{
+    release_snap(self);
+    Py_CLEAR(self->names);
+    Py_CLEAR(self->obj_type);
+    Py_CLEAR(self->subject_str);
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->depth_exc);
+    Py_CLEAR(self->depth_msg);
+    return 0;
+}
+
+static void Program_dealloc(Program *self)
+{
+    PyObject_GC_UnTrack(self);
+    Program_clear(self);
+    free_nodes(self);
+    PyMem_Free(self->relkind);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Program_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))Program_run, METH_FASTCALL,
+     "run(snap, entry, oid, sk, wk, members) -> reason or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ProgramType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gatehouse.engine._kernel.Program",
+    .tp_basicsize = sizeof(Program),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Compiled check nodes run over a snapshot's packed forward index.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Program_init,
+    .tp_dealloc = (destructor)Program_dealloc,
+    .tp_traverse = (traverseproc)Program_traverse,
+    .tp_clear = (inquiry)Program_clear,
+    .tp_methods = Program_methods,
+};
+
+static struct PyModuleDef kernel_module = {
+    PyModuleDef_HEAD_INIT, "_kernel", "The compiled check, in C.", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernel(void)
+{
+    if (PyType_Ready(&ProgramType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&kernel_module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Program", (PyObject *)&ProgramType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,26 @@
+"""Type stub of the C kernel (src/gatehouse/engine/_kernel.c)."""
+
+from collections.abc import Callable, Sequence
+
+class Program:
+    def __init__(
+        self,
+        nodes: Sequence[tuple[int, int, int, int, str, str, list[int], list[int]]],
+        relkind: bytes,
+        names: list[str],
+        obj_type: object,
+        subject_str: Callable[[int], str],
+        fallback: type[BaseException],
+        depth_error: type[BaseException],
+        depth_message: str,
+    ) -> None: ...
+    def run(
+        self,
+        snap: object,
+        entry: int,
+        oid: int,
+        sk: int,
+        wk: int,
+        members: Callable[[int, int], tuple[set[int], bool]],
+        /,
+    ) -> str | None: ...
