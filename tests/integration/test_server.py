@@ -55,9 +55,19 @@ def state() -> DecisionState:
     return _state()
 
 
-@pytest.fixture()
-def server(state: DecisionState) -> Iterator[ServerHandle]:
-    handle = serve(state, listen="127.0.0.1:0", metrics_port=0, cursor_key=b"k" * 32, max_wait=5)
+@pytest.fixture(params=[True, False], ids=["fast-path", "pool-only"])
+def server(state: DecisionState, request: pytest.FixtureRequest) -> Iterator[ServerHandle]:
+    """Every test through the server runs twice: Check/CheckBatch/Ping on the fast path (the
+    default) and everything on grpcio's thread pool; clients must not see a difference."""
+    handle = serve(
+        state,
+        listen="127.0.0.1:0",
+        metrics_port=0,
+        cursor_key=b"k" * 32,
+        max_wait=5,
+        fast_path=request.param,
+    )
+    assert (handle.fast is not None) is request.param
     try:
         yield handle
     finally:

@@ -17,6 +17,7 @@ from gatehouse.engine.cursor import CursorCodec
 from gatehouse.engine.state import DecisionState
 from gatehouse.observability.decision_log import DecisionLog
 from gatehouse.server.cache import make_checker
+from gatehouse.server.fastpath import FastPath
 from gatehouse.server.metrics import InstrumentedServer, Metrics
 from gatehouse.server.servicer import DEFAULT_MAX_WAIT, DecisionServicer
 from gatehouse.server.status import Freshness, RejectionLog
@@ -40,6 +41,8 @@ class ServerHandle:
     freshness: Freshness = field(default_factory=Freshness)
     policy_freshness: Freshness = field(default_factory=Freshness)
     rejections: RejectionLog = field(default_factory=RejectionLog)
+    # Serves Check, CheckBatch and Ping on a thread of its own (None: the plain grpcio path).
+    fast: FastPath | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _stopped: bool = False
 
@@ -55,6 +58,8 @@ class ServerHandle:
         self.health.enter_graceful_shutdown()
         self._stop.set()
         self.server.stop(grace).wait()
+        if self.fast is not None:
+            self.fast.join(5.0)
         if self.decision_log is not None:
             self.decision_log.close()
         self.metrics.stop_http()
@@ -129,6 +134,7 @@ def serve(
     max_data_age: float | None = None,
     so_reuseport: bool = False,
     gc_freeze: bool = True,
+    fast_path: bool = True,
 ) -> ServerHandle:
     """Start serving `state`; return at once with a handle (call `.stop()` to end).
 
@@ -144,6 +150,9 @@ def serve(
     `so_reuseport` lets several processes share the `listen` port (`serve --workers N`).
     `gc_freeze`: when the state first becomes ready, `freeze_heap_once()` (once per process),
     so full garbage collections stop walking the loaded graph.
+    `fast_path`: serve Check, CheckBatch and Ping on one thread of their own
+    (`gatehouse.server.fastpath`), the other methods on the `max_workers` pool; False (or a
+    grpcio without the needed internals) serves everything on the pool.
     """
     if listen is None and unix is None:
         raise ValueError("nothing to listen on: give listen and/or unix")
@@ -154,13 +163,8 @@ def serve(
     rejections = rejections if rejections is not None else RejectionLog()
     metrics = Metrics(state, freshness, policy_freshness, rejections)
     options = [("grpc.so_reuseport", 1)] if so_reuseport else []
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gatehouse-rpc"),
-        options=options,
-    )
-    # Services register through this: their handlers are instrumented once, here, not on
-    # every call as an interceptor would.
-    registrar = InstrumentedServer(server, metrics)
+    pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gatehouse-rpc")
+    server = grpc.server(pool, options=options)
     codec = CursorCodec(cursor_key if cursor_key is not None else os.urandom(32))
     checker = make_checker(decision_cache_size, metrics.cache_hits.inc, metrics.cache_misses.inc)
     dlog = (
@@ -180,6 +184,14 @@ def serve(
         rejections=rejections,
         max_data_age=max_data_age,
     )
+    fast = (
+        FastPath(server, servicer.fast_methods(), pool, metrics)
+        if fast_path and FastPath.supported(server)
+        else None
+    )
+    # Services register through this: their handlers are instrumented once, here, not on
+    # every call as an interceptor would. The fast path's methods are left to it.
+    registrar = InstrumentedServer(server, metrics, fast.names if fast else frozenset())
     pb_grpc.add_DecisionServiceServicer_to_server(servicer, registrar)  # type: ignore[no-untyped-call]
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, registrar)
@@ -199,7 +211,7 @@ def serve(
             raise OSError(f"cannot listen on {target}")
     mport = metrics.start_http(metrics_port, metrics_host) if metrics_port is not None else None
     handle = ServerHandle(
-        server, port, mport, metrics, hs, dlog, freshness, policy_freshness, rejections
+        server, port, mport, metrics, hs, dlog, freshness, policy_freshness, rejections, fast
     )
     # NOT_SERVING until the state is ready; then SERVING.
     hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -210,5 +222,9 @@ def serve(
         name="gatehouse-health",
         daemon=True,
     ).start()
+    if fast is not None:
+        fast.register()
     server.start()
+    if fast is not None:
+        fast.start()
     return handle

@@ -260,11 +260,17 @@ class _InstrumentedGeneric(_Generic):
 class InstrumentedServer:
     """Stands in for a `grpc.Server` while services register (`add_XServicer_to_server`,
     health, reflection): every method handler is instrumented once, at registration, then
-    handed to the real server. Calls of unknown methods are not recorded."""
+    handed to the real server. Calls of unknown methods are not recorded.
 
-    def __init__(self, server: grpc.Server, metrics: Metrics) -> None:
+    Methods named in `skip` ("/package.Service/Method") are left out of the registered
+    methods: `FastPath` registers and serves those itself (it records the same metrics)."""
+
+    def __init__(
+        self, server: grpc.Server, metrics: Metrics, skip: frozenset[str] = frozenset()
+    ) -> None:
         self.server = server
         self.metrics = metrics
+        self.skip = skip
 
     def add_generic_rpc_handlers(self, handlers: Iterable[_Generic]) -> None:
         self.server.add_generic_rpc_handlers(
@@ -279,6 +285,7 @@ class InstrumentedServer:
             {
                 name: instrument(self.metrics, f"{service_name}/{name}", h)
                 for name, h in method_handlers.items()
+                if f"/{service_name}/{name}" not in self.skip
             },
         )
 

@@ -34,6 +34,7 @@ from gatehouse.graph.tuples import (
 )
 from gatehouse.observability.decision_log import DecisionLog
 from gatehouse.server.cache import CheckFn, direct_check
+from gatehouse.server.fastpath import FastMethod
 from gatehouse.server.metrics import Metrics
 from gatehouse.server.status import Freshness, RejectionLog
 from gatehouse.v1 import decision_pb2 as pb
@@ -213,6 +214,44 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             reason=d.reason,
             policy_revision=view.policy.revision,
         )
+
+    # the fast path -------------------------------------------------------------
+    def fast_methods(self) -> list[FastMethod]:
+        """Check, CheckBatch and Ping for `FastPath`: a call that asks for a data revision not
+        yet reached may wait for it, so it runs on the thread pool."""
+        service = f"/{pb.DESCRIPTOR.services_by_name['DecisionService'].full_name}"
+
+        def check_blocks(r: pb.CheckRequest) -> bool:
+            return r.at_least_revision > self.state.store.current.revision
+
+        def batch_blocks(r: pb.CheckBatchRequest) -> bool:
+            at_least = r.at_least_revision
+            for c in r.checks:
+                at_least = max(at_least, c.at_least_revision)
+            return at_least > self.state.store.current.revision
+
+        return [
+            FastMethod(
+                f"{service}/Check",
+                self.Check,
+                pb.CheckRequest.FromString,
+                pb.CheckResponse.SerializeToString,
+                check_blocks,
+            ),
+            FastMethod(
+                f"{service}/CheckBatch",
+                self.CheckBatch,
+                pb.CheckBatchRequest.FromString,
+                pb.CheckBatchResponse.SerializeToString,
+                batch_blocks,
+            ),
+            FastMethod(
+                f"{service}/Ping",
+                self.Ping,
+                pb.PingRequest.FromString,
+                pb.PingResponse.SerializeToString,
+            ),
+        ]
 
     # RPCs --------------------------------------------------------------------
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
