@@ -336,3 +336,17 @@ def test_closure_cache_is_per_snapshot() -> None:
         assert tiny.check(s1, parse_subject(u), "read", f).allowed is (u == "user:ann")
     with pytest.raises(ValueError):
         Evaluator(COMPILED, closure_cache=-1)
+
+
+@SETTINGS
+@given(tuples=graphs())
+def test_c_load_packer_matches_the_python_one(tuples: list[str]) -> None:
+    assert store_mod._packer is not None, "gatehouse.graph._pack was not built"
+    # Duplicates and several loads into one interner, as a re-sync does.
+    data = tuples + tuples[: len(tuples) // 2]
+    it = store_mod.Interner()
+    for _ in range(2):
+        flat = store_mod._load_flat(it, data)
+        groups = store_mod._load_groups(it, data)
+        assert [a.tolist() for a in flat] == [a.tolist() for a in groups]
+        assert flat[0].typecode == groups[0].typecode == store_mod._OFF

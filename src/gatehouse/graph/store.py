@@ -44,6 +44,11 @@ from typing import TypeAlias
 
 from gatehouse.graph.tuples import Delta, SubjectRef, Tuple, parse_tuple
 
+try:  # the C packer of a load; without it loads pack in Python (same result, more memory)
+    from gatehouse.graph import _pack as _packer
+except ImportError:  # pragma: no cover - installs without a C compiler
+    _packer = None  # type: ignore[assignment]
+
 REL_BITS = 12
 REL_MASK = (1 << REL_BITS) - 1
 MAX_RELATION_KEYS = REL_MASK  # rid 0 is reserved for "no relation"
@@ -441,28 +446,11 @@ class GraphStore:
                 raise DeltaError(
                     f"snapshot revision {revision} is older than current {self.current.revision}"
                 )
-            # Groups as arrays of 8-byte entries: no int object per entry while loading.
-            fl: dict[int, array[int]] = {}
-            rl: dict[int, array[int]] = {}
             it = self.interner
-            with it.lock:
-                for t in tuples:
-                    oid, rid, sk = _intern(it, parse_tuple(t) if isinstance(t, str) else t)
-                    g = fl.get(oid)
-                    if g is None:
-                        g = fl[oid] = array("q")
-                    g.append(_fentry(rid, sk))
-                    so = sk >> REL_BITS
-                    g = rl.get(so)
-                    if g is None:
-                        g = rl[so] = array("q")
-                    g.append(_rentry(oid, rid, sk))
-                n = len(it.names)
-            with _no_overflow():
-                f_off, f_dat = _pack(fl, n)
-                del fl
-                r_off, r_dat = _pack(rl, n)
-                del rl
+            if _packer is not None:
+                f_off, f_dat, r_off, r_dat = _load_flat(it, tuples)
+            else:
+                f_off, f_dat, r_off, r_dat = _load_groups(it, tuples)
             self._ver += 1
             self._ov_size = 0
             snap = Snapshot(
@@ -752,6 +740,64 @@ def _lookup(it: Interner, t: Tuple) -> tuple[int, int, int] | None:
     if oid is None or rid is None or sk is None:
         return None
     return oid, rid, sk
+
+
+_Packed: TypeAlias = tuple["array[int]", "array[int]", "array[int]", "array[int]"]
+
+
+def _load_flat(it: Interner, tuples: Iterable[Tuple | str]) -> _Packed:
+    """Intern the tuples into flat (object, entry) arrays, 12 bytes per tuple and index, and
+    pack them in C: no Python object per tuple or per object survives the loop."""
+    assert _packer is not None
+    fk, fe = array("i"), array("q")
+    rk, re = array("i"), array("q")
+    with it.lock:
+        for t in tuples:
+            oid, rid, sk = _intern(it, parse_tuple(t) if isinstance(t, str) else t)
+            fk.append(oid)
+            fe.append(_fentry(rid, sk))
+            rk.append(sk >> REL_BITS)
+            re.append(_rentry(oid, rid, sk))
+        n = len(it.names)
+    if len(fe) > 0xFFFFFFFF:
+        raise DeltaError("an index would hold more than 2**32 - 1 entries")
+    f_off, f_dat = _build(fk, fe, n)
+    del fk, fe
+    r_off, r_dat = _build(rk, re, n)
+    return f_off, f_dat, r_off, r_dat
+
+
+def _build(keys: array[int], ents: array[int], n: int) -> tuple[array[int], array[int]]:
+    assert _packer is not None
+    off = array(_OFF, [0]) * (n + 1)
+    dat = array("q", [0]) * len(ents)
+    del dat[_packer.build(keys, ents, off, dat) :]
+    return off, dat
+
+
+def _load_groups(it: Interner, tuples: Iterable[Tuple | str]) -> _Packed:
+    """`_load_flat` without the C module: per-object arrays, packed in Python."""
+    # Groups as arrays of 8-byte entries: no int object per entry while loading.
+    fl: dict[int, array[int]] = {}
+    rl: dict[int, array[int]] = {}
+    with it.lock:
+        for t in tuples:
+            oid, rid, sk = _intern(it, parse_tuple(t) if isinstance(t, str) else t)
+            g = fl.get(oid)
+            if g is None:
+                g = fl[oid] = array("q")
+            g.append(_fentry(rid, sk))
+            so = sk >> REL_BITS
+            g = rl.get(so)
+            if g is None:
+                g = rl[so] = array("q")
+            g.append(_rentry(oid, rid, sk))
+        n = len(it.names)
+    with _no_overflow():
+        f_off, f_dat = _pack(fl, n)
+        del fl
+        r_off, r_dat = _pack(rl, n)
+    return f_off, f_dat, r_off, r_dat
 
 
 def _pack(groups: dict[int, array[int]], n: int) -> tuple[array[int], array[int]]:

@@ -1,0 +1,3 @@
+"""Type stub of the C load packer (src/gatehouse/graph/_pack.c)."""
+
+def build(keys: object, ents: object, off: object, dat: object, /) -> int: ...
