@@ -224,7 +224,7 @@ def serve(
     ).start()
     if fast is not None:
         fast.register()
-    server.start()
-    if fast is not None:
-        fast.start()
+        fast.start()  # starts `server`, its completion queue polled by the fast path's thread
+    else:
+        server.start()
     return handle

@@ -5,23 +5,29 @@ grpcio's synchronous server hands every call across threads several times: its c
 queue thread accepts the call and submits it to the pool; a worker asks for the request
 message and sleeps on a condition until the queue thread wakes it with the message; the worker
 runs the handler and starts the response. On one core that is ~10 context switches and ~250
-µs of CPU per empty RPC here, far more than a check costs. `FastPath` instead takes the calls
-of a few methods on a completion queue of its own, registered on the same core server (same
-port, same shutdown and cancellation), and drives them from one thread: accept, receive,
-run the handler inline, send message and status in one batch. A call that may block (one
-that waits for a data revision) is run on the server's thread pool instead, so the loop never
-sleeps on anything but its queue. Every other method (ListAllowed, Explain, Status, health,
-reflection) stays on grpcio's own machinery.
+µs of CPU per empty RPC here, far more than a check costs.
 
-It uses grpcio's Cython layer (`grpc._cython.cygrpc`, the same calls `grpc._server` makes) of
-the pinned grpcio version; `FastPath.supported` checks for it and `serve` falls back to the
-plain server when it is missing. The behaviour seen by a client is that of the plain server:
-the same status codes and details, rich error details in the trailing metadata, deadlines
-through `time_remaining()`, and the same per-method metrics.
+`FastPath` replaces grpcio's completion-queue thread with a loop of its own on the same queue.
+Calls of the fast methods (registered with the core server under their own tags) are driven
+on that thread: accept, receive, run the handler inline, send message and status in one batch.
+A call that may block (one that waits for a data revision) runs on the server's thread pool
+instead, so the loop never sleeps on anything but its queue. Every other event goes to
+grpcio's own handling (`grpc._server._process_event_and_continue`, what its thread would have
+done), so ListAllowed, Explain, Status, health and reflection are served exactly as before, on
+the pool. One thread polls the server's queue: with gRPC's EventEngine listener and endpoints
+turned off (`GRPC_EXPERIMENTS`, set by `gatehouse serve`, see docs/operations.md) that thread
+also does the socket I/O and an RPC costs no context switch at all.
+
+It uses grpcio internals (`grpc._server`, `grpc._cython.cygrpc`) of the pinned grpcio
+version; `FastPath.supported` checks for them and `serve` falls back to the plain server when
+they are missing. What a client sees is what the plain server does: the same status codes
+and details, rich error details in the trailing metadata, deadlines through
+`time_remaining()`, and the same per-method metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
@@ -36,10 +42,22 @@ import grpc
 from gatehouse.server.metrics import Metrics
 
 cygrpc: Any
-try:  # grpcio's Cython layer, untyped; `FastPath.supported` checks what is used
+gserver: Any
+try:  # grpcio internals, untyped; `FastPath.supported` checks what is used
     cygrpc = importlib.import_module("grpc._cython.cygrpc")
-except ImportError:  # pragma: no cover - grpcio always ships it
-    cygrpc = None
+    gserver = importlib.import_module("grpc._server")
+except ImportError:  # pragma: no cover - grpcio always ships them
+    cygrpc = gserver = None
+
+# What `FastPath` uses of grpc._server (the same steps as its `_start` and `_serve`).
+_GSERVER_NEEDS = (
+    "_ServerStage",
+    "_request_call",
+    "_request_registered_call",
+    "_process_event_and_continue",
+    "_begin_shutdown_once",
+    "_DEALLOCATED_SERVER_CHECK_PERIOD_S",
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -156,10 +174,11 @@ def _status_ops(code: grpc.StatusCode, details: str, trailing: Any) -> tuple[Any
 
 
 class FastPath:
-    """Serves `methods` of `server` on one thread of its own (see the module docstring).
+    """Serves `methods` of `server` on the thread that polls the server's completion queue
+    (see the module docstring).
 
-    Call `register()` before `server.start()` and `start()` right after it; the thread ends
-    by itself once the server has shut down (`join` waits for that)."""
+    Call `register()` before starting and `start()` instead of `server.start()`; the thread
+    ends when the server has shut down (`join` waits for that)."""
 
     def __init__(
         self,
@@ -168,15 +187,12 @@ class FastPath:
         pool: Executor,
         metrics: Metrics | None = None,
     ) -> None:
+        self._server = server
+        self._state: Any = server._state  # type: ignore[attr-defined]
         self._cy: Any = server._cy_server  # type: ignore[attr-defined]
-        self._cq: Any = cygrpc.CompletionQueue()
+        self._cq: Any = self._state.completion_queue
         self._methods = [_Method(m, metrics) for m in methods]
         self._pool = pool
-        self._lock = threading.Lock()
-        self._inflight = 0  # calls accepted whose final batch has not completed
-        self._requests = 0  # outstanding call requests
-        self._closing = False
-        self._shut = False
         self._thread: threading.Thread | None = None
 
     @property
@@ -186,27 +202,49 @@ class FastPath:
     @staticmethod
     def supported(server: grpc.Server) -> bool:
         cy = getattr(server, "_cy_server", None)
+        state = getattr(server, "_state", None)
         return (
             cygrpc is not None
+            and gserver is not None
+            and all(hasattr(gserver, a) for a in _GSERVER_NEEDS)
             and cy is not None
+            and all(hasattr(cy, a) for a in ("register_method", "request_registered_call"))
+            and state is not None
             and all(
-                hasattr(cy, a)
-                for a in ("register_method", "register_completion_queue", "request_registered_call")
+                hasattr(state, a)
+                for a in ("completion_queue", "lock", "stage", "registered_method_handlers")
             )
-            and hasattr(cygrpc, "CompletionQueue")
-            and hasattr(cygrpc, "SendStatusFromServerOperation")
+            and all(
+                hasattr(cygrpc, a)
+                for a in (
+                    "SendInitialMetadataOperation",
+                    "SendMessageOperation",
+                    "SendStatusFromServerOperation",
+                    "ReceiveMessageOperation",
+                    "ReceiveCloseOnServerOperation",
+                    "CompletionType",
+                )
+            )
         )
 
     def register(self) -> None:
-        """Before the server starts: our queue and our methods with the core server."""
-        self._cy.register_completion_queue(self._cq)
+        """Before the server starts: our methods with the core server."""
         for m in self._methods:
             self._cy.register_method(m.spec.name)
 
     def start(self) -> None:
-        """After the server started: ask for calls and run the loop."""
-        for m in self._methods:
-            self._request(m)
+        """Start the server (grpcio's `_start`, less its thread) and run our loop instead."""
+        state = self._state
+        with state.lock:
+            if state.stage is not gserver._ServerStage.STOPPED:
+                raise ValueError("Cannot start already-started server!")
+            state.server.start()
+            state.stage = gserver._ServerStage.STARTED
+            for method in state.registered_method_handlers:
+                gserver._request_registered_call(state, method)
+            gserver._request_call(state)
+            for m in self._methods:
+                self._request(m)
         self._thread = threading.Thread(target=self._loop, name="gatehouse-fast", daemon=True)
         self._thread.start()
 
@@ -215,78 +253,49 @@ class FastPath:
             self._thread.join(timeout)
 
     # the loop ----------------------------------------------------------------------------
-    def _request(self, m: _Method) -> bool:
-        with self._lock:
-            self._requests += 1
-        try:
-            err = self._cy.request_registered_call(self._cq, self._cq, m.spec.name, (_REQUEST, m))
-        except ValueError:  # the server is shutting down
-            err = -1
-        if err:
-            with self._lock:
-                self._requests -= 1
-            return False
-        return True
-
-    def _done(self) -> None:
-        """One accepted call finished (its final batch completed or could not start)."""
-        with self._lock:
-            self._inflight -= 1
-        self._maybe_shutdown()
-
-    def _maybe_shutdown(self) -> None:
-        """Once the server is shutting down and nothing is left in flight, end the queue (its
-        shutdown event, after every pending one, ends the loop)."""
-        with self._lock:
-            last = self._closing and not self._inflight and not self._requests and not self._shut
-            if last:
-                self._shut = True
-        if last:
-            self._cq.shutdown()
+    def _request(self, m: _Method) -> None:
+        with contextlib.suppress(ValueError):  # raised once the server is shutting down
+            self._cy.request_registered_call(self._cq, self._cq, m.spec.name, (_REQUEST, m))
 
     def _loop(self) -> None:
+        state = self._state
         poll = self._cq.poll
-        shutdown = cygrpc.CompletionType.queue_shutdown
         timeout = cygrpc.CompletionType.queue_timeout
+        period = gserver._DEALLOCATED_SERVER_CHECK_PERIOD_S
+        process = gserver._process_event_and_continue
         while True:
-            ev = poll()
-            kind = ev.completion_type
-            if kind == shutdown:
-                return
-            if kind == timeout:
+            ev = poll(time.time() + period)
+            if state.server_deallocated:
+                gserver._begin_shutdown_once(state)
+            if ev.completion_type == timeout:
                 continue
-            try:
-                self._event(ev)
-            except Exception:  # pragma: no cover - a bug here must not stop the loop
-                _LOG.exception("fast path: event handling failed")
+            tag = ev.tag
+            if type(tag) is tuple:  # ours; grpcio's tags are objects, strings and callables
+                try:
+                    self._event(tag, ev)
+                except Exception:  # pragma: no cover - a bug here must not stop the loop
+                    _LOG.exception("fast path: event handling failed")
+            elif not process(state, ev):
+                return  # grpcio's server has stopped
+            ev = None  # as grpcio: drop the event (and its call) before polling again
 
-    def _event(self, ev: Any) -> None:
-        what, obj = ev.tag
+    def _event(self, tag: tuple[int, Any], ev: Any) -> None:
+        what, obj = tag
         if what == _RECEIVED:
             self._received(obj, ev)
-        elif what == _SENT:
-            self._done()
         elif what == _REQUEST:
-            with self._lock:
-                self._requests -= 1
-            if not ev.success:  # the server is shutting down: no more calls
-                self._closing = True
-            else:
-                if not self._closing and not self._request(obj):
-                    self._closing = True
-                call = ev.call
-                c = _Call(obj, call, ev.call_details.deadline, ev.invocation_metadata)
-                with self._lock:
-                    self._inflight += 1
-                call.start_server_batch(
-                    (cygrpc.ReceiveCloseOnServerOperation(_FLAGS),), (_CLOSED, call)
-                )
-                if call.start_server_batch(
-                    (cygrpc.ReceiveMessageOperation(_FLAGS),), (_RECEIVED, c)
-                ):
-                    self._done()
-            self._maybe_shutdown()
-        # _CLOSED: nothing to do (the tag only keeps the call referenced until then)
+            if not ev.success:
+                return  # the server is shutting down: no more calls
+            with self._state.lock:
+                if self._state.stage is gserver._ServerStage.STARTED:
+                    self._request(obj)
+            call = ev.call
+            c = _Call(obj, call, ev.call_details.deadline, ev.invocation_metadata)
+            call.start_server_batch(
+                (cygrpc.ReceiveCloseOnServerOperation(_FLAGS),), (_CLOSED, call)
+            )
+            call.start_server_batch((cygrpc.ReceiveMessageOperation(_FLAGS),), (_RECEIVED, c))
+        # _SENT, _CLOSED: nothing to do (the tags keep the call referenced until then)
 
     def _received(self, c: _Call, ev: Any) -> None:
         payload = ev.batch_operations[0].message() if ev.success else None
@@ -393,6 +402,6 @@ class FastPath:
             m.observe(time.perf_counter() - t0)
             m.handled.labels(m.label, code.name).inc()
 
-    def _finish(self, c: _Call, ops: tuple[Any, ...]) -> None:
-        if c.call.start_server_batch(ops, (_SENT, c)):
-            self._done()  # not started: no completion will come
+    @staticmethod
+    def _finish(c: _Call, ops: tuple[Any, ...]) -> None:
+        c.call.start_server_batch(ops, (_SENT, c))
