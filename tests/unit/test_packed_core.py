@@ -350,3 +350,24 @@ def test_c_load_packer_matches_the_python_one(tuples: list[str]) -> None:
         groups = store_mod._load_groups(it, data)
         assert [a.tolist() for a in flat] == [a.tolist() for a in groups]
         assert flat[0].typecode == groups[0].typecode == store_mod._OFF
+
+
+@SETTINGS
+@given(tuples=graphs(), native=st.booleans())
+def test_check_many_answers_as_check_does(tuples: list[str], native: bool) -> None:
+    snap = GraphStore().load(tuples, revision=1)
+    ev = Evaluator(COMPILED, native=native)
+    users = [*_objects(tuples, "user:"), UNSEEN, "group:g0#member", "user:*"]
+    queries = []
+    for res in _objects(tuples, "fund:") + _objects(tuples, "org:") + ["fund:never"]:
+        perms = ["read", "write", "viewer"] if res.startswith("fund:") else ["view_all", "admin"]
+        queries += [(parse_subject(u), p, parse_object(res)) for u in users for p in perms]
+    single = [_outcome(lambda q=q: ev.check(snap, *q)) for q in queries]
+    ok = [q for q, o in zip(queries, single, strict=True) if o[0] == "ok"]
+    batch = Evaluator(COMPILED, native=native).check_many(snap, ok)
+    assert [("ok", (d.allowed, d.reason)) for d in batch] == [o for o in single if o[0] == "ok"]
+    assert all(d.revision == 1 for d in batch)
+    for q, o in zip(queries, single, strict=True):
+        if o[0] == "error":
+            with pytest.raises(EngineError):
+                ev.check_many(snap, [q])

@@ -26,6 +26,8 @@
 
 enum { K_NIL, K_REL, K_UNION, K_ARROW, K_MULTI };
 
+static PyObject *s_slots, *s_names; /* interned attribute names */
+
 typedef struct {
     int kind;
     int64_t base, ubase, end;
@@ -44,6 +46,7 @@ typedef struct {
     PyObject *names;       /* interner.names (list, grows) */
     PyObject *obj_type;    /* interner.obj_type (array('H'), grows) */
     PyObject *subject_str; /* interner.subject_str */
+    PyObject *rel_parts;   /* per rid: the relation name after '#' ("" for rid 0) */
     PyObject *fallback;    /* exception class: use the general walk */
     PyObject *depth_exc;   /* exception class: nesting too deep */
     PyObject *depth_msg;   /* its message */
@@ -73,6 +76,7 @@ typedef struct {
     int64_t nf, ver;
     int64_t sk, wk;
     PyObject *members_fn;
+    PyObject *cache;   /* dict (sk, wk) -> (set, truncated) the members_fn fills, or None */
     PyObject *members; /* set, once computed */
     int truncated;
     Memo *memo;
@@ -80,6 +84,7 @@ typedef struct {
 } Query;
 
 static PyObject *run_node(Query *q, int idx, const int64_t *arr, Py_ssize_t lo, Py_ssize_t hi);
+static PyObject *through(Program *p, int64_t uk);
 
 /* ---- small helpers ------------------------------------------------------------------- */
 
@@ -195,7 +200,20 @@ static PyObject *members(Query *q)
 {
     if (q->members)
         return q->members;
-    PyObject *r = PyObject_CallFunction(q->members_fn, "LL", (long long)q->sk, (long long)q->wk);
+    PyObject *r = NULL;
+    if (PyDict_Check(q->cache)) {
+        /* a hit in the Python-side table skips the call */
+        PyObject *key = Py_BuildValue("(LL)", (long long)q->sk, (long long)q->wk);
+        if (!key)
+            return NULL;
+        r = PyDict_GetItemWithError(q->cache, key);
+        Py_DECREF(key);
+        if (!r && PyErr_Occurred())
+            return NULL;
+        Py_XINCREF(r);
+    }
+    if (!r)
+        r = PyObject_CallFunction(q->members_fn, "LL", (long long)q->sk, (long long)q->wk);
     if (!r)
         return NULL;
     if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 2 || !PyAnySet_Check(PyTuple_GET_ITEM(r, 0))) {
@@ -321,14 +339,8 @@ static PyObject *run_rel(Query *q, Node *nd, const int64_t *arr, Py_ssize_t lo, 
         Py_DECREF(k);
         if (in < 0)
             return NULL;
-        if (in) {
-            PyObject *s = PyObject_CallFunction(p->subject_str, "L", (long long)uk);
-            if (!s)
-                return NULL;
-            PyObject *r = PyUnicode_FromFormat("through %U", s);
-            Py_DECREF(s);
-            return r;
-        }
+        if (in)
+            return through(p, uk);
         int64_t r = uk & REL_MASK;
         unsigned char kind = r < p->nrel ? p->relkind[r] : 2;
         if (kind == 1) {
@@ -342,6 +354,24 @@ static PyObject *run_rel(Query *q, Node *nd, const int64_t *arr, Py_ssize_t lo, 
         }
     }
     Py_RETURN_NONE;
+}
+
+/* "through <subject>": Interner.subject_str without the call when the relation is known */
+static PyObject *through(Program *p, int64_t uk)
+{
+    int64_t rid = uk & REL_MASK, oid = uk >> REL_BITS;
+    if (rid < PyList_GET_SIZE(p->rel_parts) && oid < PyList_GET_SIZE(p->names)) {
+        PyObject *name = PyList_GET_ITEM(p->names, oid);
+        if (!rid)
+            return PyUnicode_FromFormat("through %U", name);
+        return PyUnicode_FromFormat("through %U#%U", name, PyList_GET_ITEM(p->rel_parts, rid));
+    }
+    PyObject *s = PyObject_CallFunction(p->subject_str, "L", (long long)uk);
+    if (!s)
+        return NULL;
+    PyObject *r = PyUnicode_FromFormat("through %U", s);
+    Py_DECREF(s);
+    return r;
 }
 
 /* one arrow edge to `toid` through entry `target`, memoised; new ref or NULL */
@@ -584,16 +614,17 @@ static int parse_node(Node *nd, PyObject *spec, int nnodes)
 
 static int Program_init(Program *self, PyObject *args, PyObject *kw)
 {
-    PyObject *specs, *names, *obj_type, *subject_str, *fallback, *depth_exc, *depth_msg;
+    PyObject *specs, *names, *obj_type, *subject_str, *rel_parts, *fallback, *depth_exc,
+        *depth_msg;
     Py_buffer relkind;
     static char *kwlist[] = {"nodes", "relkind", "names", "obj_type", "subject_str",
-                             "fallback", "depth_error", "depth_message", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*OOOOOU", kwlist, &specs, &relkind, &names,
-                                     &obj_type, &subject_str, &fallback, &depth_exc,
-                                     &depth_msg))
+                             "rel_parts", "fallback", "depth_error", "depth_message", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*OOOOOOU", kwlist, &specs, &relkind, &names,
+                                     &obj_type, &subject_str, &rel_parts, &fallback,
+                                     &depth_exc, &depth_msg))
         return -1;
     int rc = -1;
-    if (!PyList_Check(names) || !PyCallable_Check(subject_str) ||
+    if (!PyList_Check(names) || !PyCallable_Check(subject_str) || !PyList_Check(rel_parts) ||
         !PyExceptionClass_Check(fallback) || !PyExceptionClass_Check(depth_exc)) {
         PyErr_SetString(PyExc_TypeError, "kernel: bad Program arguments");
         goto done;
@@ -630,6 +661,7 @@ static int Program_init(Program *self, PyObject *args, PyObject *kw)
     Py_XSETREF(self->names, Py_NewRef(names));
     Py_XSETREF(self->obj_type, Py_NewRef(obj_type));
     Py_XSETREF(self->subject_str, Py_NewRef(subject_str));
+    Py_XSETREF(self->rel_parts, Py_NewRef(rel_parts));
     Py_XSETREF(self->fallback, Py_NewRef(fallback));
     Py_XSETREF(self->depth_exc, Py_NewRef(depth_exc));
     Py_XSETREF(self->depth_msg, Py_NewRef(depth_msg));
@@ -641,8 +673,8 @@ done:
 
 static PyObject *Program_run(Program *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "run(snap, entry, oid, sk, wk, members)");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "run(snap, entry, oid, sk, wk, members, cache)");
         return NULL;
     }
     if (!self->nodes) {
@@ -675,6 +707,7 @@ static PyObject *Program_run(Program *self, PyObject *const *args, Py_ssize_t na
                sk,
                wk,
                args[5],
+               args[6],
                NULL,
                0,
                NULL,
@@ -692,6 +725,7 @@ static int Program_traverse(Program *self, visitproc visit, void *arg)
     Py_VISIT(self->names);
     Py_VISIT(self->obj_type);
     Py_VISIT(self->subject_str);
+    Py_VISIT(self->rel_parts);
     Py_VISIT(self->snap);
     return 0;
 }
@@ -702,6 +736,7 @@ static int Program_clear(Program *self)
     Py_CLEAR(self->names);
     Py_CLEAR(self->obj_type);
     Py_CLEAR(self->subject_str);
+    Py_CLEAR(self->rel_parts);
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->depth_exc);
     Py_CLEAR(self->depth_msg);
@@ -719,7 +754,7 @@ static void Program_dealloc(Program *self)
 
 static PyMethodDef Program_methods[] = {
     {"run", (PyCFunction)(void (*)(void))Program_run, METH_FASTCALL,
-     "run(snap, entry, oid, sk, wk, members) -> reason or None"},
+     "run(snap, entry, oid, sk, wk, members, cache) -> reason or None"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -747,10 +782,10 @@ static PyObject *kernel_find(PyObject *mod, PyObject *const *args, Py_ssize_t na
     Py_hash_t h = PyObject_Hash(args[1]);
     if (h == -1)
         return NULL;
-    PyObject *slots = PyObject_GetAttrString(args[0], "_slots");
+    PyObject *slots = PyObject_GetAttr(args[0], s_slots);
     if (!slots)
         return NULL;
-    PyObject *names = PyObject_GetAttrString(args[0], "names");
+    PyObject *names = PyObject_GetAttr(args[0], s_names);
     if (!names) {
         Py_DECREF(slots);
         return NULL;
@@ -812,6 +847,10 @@ static struct PyModuleDef kernel_module = {
 PyMODINIT_FUNC PyInit__kernel(void)
 {
     if (PyType_Ready(&ProgramType) < 0)
+        return NULL;
+    s_slots = PyUnicode_InternFromString("_slots");
+    s_names = PyUnicode_InternFromString("names");
+    if (!s_slots || !s_names)
         return NULL;
     PyObject *m = PyModule_Create(&kernel_module);
     if (!m)

@@ -10,6 +10,7 @@ class Program:
         names: list[str],
         obj_type: object,
         subject_str: Callable[[int], str],
+        rel_parts: list[str],
         fallback: type[BaseException],
         depth_error: type[BaseException],
         depth_message: str,
@@ -22,6 +23,7 @@ class Program:
         sk: int,
         wk: int,
         members: Callable[[int, int], tuple[set[int], bool]],
+        cache: dict[tuple[int, int], tuple[set[int], bool]] | None,
         /,
     ) -> str | None: ...
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -216,12 +216,7 @@ class Evaluator:
     ) -> Decision:
         it = snap.interner
         prog = self._prog
-        if (
-            prog is None
-            or prog.it is not it
-            or prog.nrel != len(it.rel_names)
-            or prog.names is not it.names
-        ):
+        if prog is None or prog.stale(it):
             prog = self._program(it)
         fn = prog.fns.get((resource.type, permission))
         if fn is not None and subject.relation is None and subject.type in prog.types:
@@ -251,7 +246,7 @@ class Evaluator:
                 held = prog.closures = self._closures(prog, snap)
             try:
                 if kern is not None:
-                    reason = kern.run(snap, prog.knodes[fn], oid, sk, wk, held[2])
+                    reason = kern.run(snap, prog.knodes[fn], oid, sk, wk, held[2], held[1])
                 else:
                     fq = _FastQuery(
                         snap,
@@ -270,6 +265,55 @@ class Evaluator:
                     return Decision(False, snap.revision, "no_path")
                 return Decision(True, snap.revision, reason)
         return self._check_general(snap, subject, permission, resource)
+
+    def check_many(
+        self, snap: Snapshot, queries: Iterable[tuple[SubjectRef, str, ObjectRef]]
+    ) -> list[Decision]:
+        """`check` for each (subject, permission, resource), in order, on one snapshot: the
+        same answers, with the per-call setup done once for the whole batch."""
+        it = snap.interner
+        prog = self._prog
+        if prog is None or prog.stale(it):
+            prog = self._program(it)
+        kern = prog.kernel
+        if kern is None:
+            return [self.check(snap, s, p, r) for s, p, r in queries]
+        held = prog.closures
+        if held[0] is not snap:
+            held = prog.closures = self._closures(prog, snap)
+        members, cache = held[2], held[1]
+        fns, knodes, types = prog.fns, prog.knodes, prog.types
+        find, run, wild = _kernel.find, kern.run, it.wildcards.get
+        rev = snap.revision
+        deny = Decision(False, rev, "no_path")
+        out: list[Decision] = []
+        add = out.append
+        for subject, permission, resource in queries:
+            fn = fns.get((resource.type, permission))
+            if fn is None or subject.relation is not None or subject.type not in types:
+                add(self.check(snap, subject, permission, resource))
+                continue
+            oid = find(it, f"{resource.type}:{resource.id}")
+            if oid < 0:
+                add(deny)
+                continue
+            s = find(it, f"{subject.type}:{subject.id}")
+            w = wild(subject.type)
+            try:
+                reason = run(
+                    snap,
+                    knodes[fn],
+                    oid,
+                    -1 if s < 0 else s << REL_BITS,
+                    -1 if w is None else w << REL_BITS,
+                    members,
+                    cache,
+                )
+            except _Fallback:
+                add(self._check_general(snap, subject, permission, resource))
+                continue
+            add(deny if reason is None else Decision(True, rev, reason))
+        return out
 
     def _check_general(
         self, snap: Snapshot, subject: SubjectRef, permission: str, resource: ObjectRef
@@ -1078,6 +1122,10 @@ class _Program:
         self.kernel: Any = None  # _kernel.Program, once lowered
         self.knodes: dict[_Entry, int] = {}  # entry -> index of its node in the kernel
 
+    def stale(self, it: Interner) -> bool:
+        """Compiled for another interner, or before it gained a relation key or new tables."""
+        return self.it is not it or self.nrel != len(it.rel_names) or self.names is not it.names
+
     def depth_of(self, node: _Node) -> int:
         return self.depths.get(id(node), 0)
 
@@ -1127,6 +1175,7 @@ class _Program:
             self.it.names,
             self.it.obj_type,
             self.it.subject_str,
+            [key.partition("#")[2] for key in self.it.rel_names[: self.nrel]],
             _Fallback,
             DepthExceeded,
             str(depth_error),
