@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 
-import gatehouse.cli as _pkg
+# `gatehouse serve`: gRPC's socket I/O on the thread that polls the server's completion queue
+# (gatehouse.server.fastpath) rather than on EventEngine threads, so an RPC needs no thread
+# hand-off (on one core: ~2x the RPC/s, see docs/operations.md). gRPC reads this once, when it
+# is imported, so it is set here, before any verb module imports grpc; a GRPC_EXPERIMENTS
+# already in the environment wins. Spawned workers inherit it.
+SERVE_GRPC_EXPERIMENTS = "-event_engine_listener,-event_engine_for_all_other_endpoints"
+if sys.argv[1:2] == ["serve"] and "grpc" not in sys.modules:
+    os.environ.setdefault("GRPC_EXPERIMENTS", SERVE_GRPC_EXPERIMENTS)
+
+import gatehouse.cli as _pkg  # noqa: E402
 
 Handler = Callable[[argparse.Namespace], int]
 
