@@ -70,7 +70,10 @@ _Index: TypeAlias = tuple[
 _CHUNK = 1 << 16  # overlay entries per chunk array (bounds each append's realloc copy)
 _LITTLE = sys.byteorder == "little" and array("I").itemsize == 4
 _OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
-_RUN = 1 << 18  # entries copied per C call while repacking (bounds GIL hold time)
+_RUN = 1 << 16  # entries or objects per C call while repacking (bounds GIL hold time)
+# Overlay groups that trigger a compaction at most: the steps over the overlay's keys that
+# are single C calls (copying the key list) stay well under a millisecond.
+_MAX_OVERLAY = 1 << 16
 
 
 class DeltaError(ValueError):
@@ -302,8 +305,10 @@ class Snapshot:
         """The groups this snapshot reads from the overlay rather than the base."""
         ov, ovl = (self.f_ov, self.f_ovl) if forward else (self.r_ov, self.r_ovl)
         out = {}
-        for oid, v in list(ov.items()):  # one C call: the writer may add keys meanwhile
-            got = region(ovl, v, self.ver)
+        # Copy the keys first (one short C call): the writer may add some meanwhile, but
+        # never removes one from a dict a snapshot reads.
+        for oid in list(ov):
+            got = region(ovl, ov[oid], self.ver)
             if got is not None:
                 out[oid] = got
         return out
@@ -523,7 +528,10 @@ class GraphStore:
                 ver,
             )
             self._publish(snap)
-            limit = max(self.min_compaction, int((cur.nf + cur.nr) * self.compaction_ratio))
+            limit = max(
+                self.min_compaction,
+                min(_MAX_OVERLAY, int((cur.nf + cur.nr) * self.compaction_ratio)),
+            )
             big = self._ov_size > max(1 << 20, (len(cur.f_dat) + len(cur.r_dat)) >> 3)
             if (big or len(cur.f_ov) + len(cur.r_ov) > limit) and not self._compacting:
                 self._compacting = True
@@ -821,7 +829,9 @@ def _repack(
 ) -> tuple[array[int], array[int]]:
     """A new packed base: `off`/`dat` with the overlay's groups folded in, for n oids.
 
-    Unchanged runs of objects are copied by slices, a bounded number of entries per C call.
+    It runs beside readers, so no step is one long C call: unchanged runs of objects are
+    copied by slices of at most `_RUN` objects and entries, and the overlay's objects are
+    visited in order through a byte map (searched by `find`) instead of sorting its keys.
     """
     nb = len(off) - 1
     new_off = array(_OFF, [0])
@@ -830,26 +840,32 @@ def _repack(
     def copy(a: int, b: int) -> None:
         # objects a..b-1 of the old base, unchanged
         while a < b:
-            c = b
+            c = min(b, a + _RUN)
             if off[c] - off[a] > _RUN:
-                c = min(b, max(a + 1, bisect_left(off, off[a] + _RUN, a + 1, b + 1) - 1))
+                c = min(c, max(a + 1, bisect_left(off, off[a] + _RUN, a + 1, c + 1) - 1))
             shift = len(new_dat) - off[a]
             new_dat.extend(dat[off[a] : off[c]])
             new_off.extend(map(add, off[a + 1 : c + 1], repeat(shift)))
             a = c
 
+    def pad(upto: int) -> None:
+        # objects interned after the base was packed, with no entries
+        while (have := len(new_off) - 1) < upto:
+            new_off.extend(repeat(len(new_dat), min(_RUN, upto - have)))
+
+    marks = bytearray(n + 1)
+    for oid in ov:
+        marks[oid] = 1
     pos = 0
-    for oid in sorted(ov):
+    oid = marks.find(1)
+    while oid >= 0:
         copy(pos, min(oid, nb))
-        gap = oid - (len(new_off) - 1)
-        if gap > 0:  # objects interned after the base was packed, with no entries
-            new_off.extend(repeat(len(new_dat), gap))
+        pad(oid)
         arr, lo, hi = ov[oid]
         new_dat.extend(arr[lo:hi])
         new_off.append(len(new_dat))
         pos = oid + 1
+        oid = marks.find(1, pos)
     copy(pos, nb)
-    gap = n - (len(new_off) - 1)
-    if gap > 0:
-        new_off.extend(repeat(len(new_dat), gap))
+    pad(n)
     return new_off, new_dat
