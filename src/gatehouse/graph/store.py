@@ -172,7 +172,12 @@ class Interner:
     def _grow(self) -> None:
         """Rebuild the slot table at twice the size (every name, the newest included)."""
         size = 2 * len(self._slots)
-        slots = array("i", [-1]) * size
+        # Built a block at a time: one `array * size` would be a single C loop of tens of
+        # milliseconds at 10^7 objects, with the GIL held while readers wait.
+        block = array("i", [-1]) * min(size, _RUN)
+        slots = array("i")
+        while len(slots) < size:
+            slots.extend(block)
         mask = size - 1
         for o, name in enumerate(self.names):
             i = hash(name) & mask
