@@ -113,7 +113,10 @@ def test_helm_sidecar_template_args_exist_in_cli() -> None:
 
 def test_containerfile() -> None:
     text = (DEPLOY / "Containerfile").read_text()
-    assert text.startswith("FROM python:3.11-slim")
+    stages = re.findall(r"^FROM (\S+)", text, re.M)
+    # built where a C compiler exists, run from the slim image
+    assert stages == ["python:3.11", "python:3.11-slim"]
+    assert "import gatehouse.engine._kernel, gatehouse.graph._pack" in text
     assert re.search(r"^USER \d+", text, re.M)
     assert 'ENTRYPOINT ["gatehouse"]' in text
 
@@ -164,8 +167,12 @@ def test_the_wheel_carries_migrations_and_type_stubs(tmp_path: pathlib.Path) -> 
         "gatehouse/sor/migrations/versions/0001_initial.py",
         "gatehouse/v1/decision_pb2.pyi",
         "gatehouse/py.typed",
+        "gatehouse/engine/_kernel.pyi",
+        "gatehouse/graph/_pack.pyi",
     ):
         assert needed in names, needed
+    for ext in ("gatehouse/engine/_kernel.", "gatehouse/graph/_pack."):
+        assert any(n.startswith(ext) and n.endswith(".so") for n in names), ext
 
 
 def test_the_image_keeps_the_seed_bundles_for_the_demo() -> None:
