@@ -134,7 +134,7 @@ def test_a_delta_that_fails_half_written_stays_invisible(monkeypatch: pytest.Mon
     st = GraphStore()
     st.load(["doc:a#viewer@user:u1", "doc:b#viewer@user:u1"], revision=1)
     before = st.current
-    real = store_mod.put_region
+    real = store_mod._put_head
     calls = 0
 
     def failing(*args: object) -> int:
@@ -144,10 +144,10 @@ def test_a_delta_that_fails_half_written_stays_invisible(monkeypatch: pytest.Mon
             raise MemoryError("simulated")
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store_mod, "put_region", failing)
+    monkeypatch.setattr(store_mod, "_put_head", failing)
     with pytest.raises(MemoryError):
         st.apply(Delta.of(["doc:a#viewer@user:u2", "doc:b#viewer@user:u2"]), revision=2)
-    monkeypatch.setattr(store_mod, "put_region", real)
+    monkeypatch.setattr(store_mod, "_put_head", real)
     assert st.current is before
     assert set(before.tuples()) == {"doc:a#viewer@user:u1", "doc:b#viewer@user:u1"}
     # the next delta gets a newer version: the half-written regions never become visible

@@ -647,13 +647,19 @@ def _empty_index() -> _Index:
 
 def put_region(ovl: list[array[int]], ver: int, prev: int, group: array[int]) -> int:
     """Append a region for `group` to the last chunk (or a new one); its reference."""
+    head = array("q", (ver, prev, len(group)))
+    head.extend(group)
+    return _put_head(ovl, head)
+
+
+def _put_head(ovl: list[array[int]], region: array[int]) -> int:
+    """Append a whole region (its 3-entry header included) to the last chunk or a new one."""
     c = ovl[-1]
-    if c and len(c) + 3 + len(group) > _CHUNK:
+    if c and len(c) + len(region) > _CHUNK:
         c = array("q")
         ovl.append(c)
     start = len(c)
-    c.extend((ver, prev, len(group)))
-    c.extend(group)
+    c.extend(region)
     return (len(ovl) - 1) << 32 | start
 
 
@@ -668,21 +674,25 @@ def _append(
     as regions of version `ver`; return (oid, ref) pairs to link and the entries written."""
     refs: list[tuple[int, int]] = []
     size = 0
+    get = ov.get
     for oid, (adds, removes) in changes.items():
         arr, lo, hi = block(oid)
-        # Copy the group (one C call), then edit it in place: removals and insertions are
-        # each a bisect and a memmove, so a big group (an org's 10,000 funds) stays cheap.
-        new = arr[lo:hi]
+        # The region is built in one array, header first: copy the group after it (one C
+        # call), then edit in place: removals and insertions are each a bisect and a
+        # memmove, so a big group (an org's 10,000 funds) stays cheap.
+        new = array("q", (ver, get(oid, -1), 0))
+        new.extend(arr[lo:hi])
         for x in removes:
-            i = bisect_left(new, x)
+            i = bisect_left(new, x, 3)
             if i < len(new) and new[i] == x:
                 del new[i]
-        for x in sorted(adds):
-            i = bisect_left(new, x)
+        for x in sorted(adds) if len(adds) > 1 else adds:
+            i = bisect_left(new, x, 3)
             if i == len(new) or new[i] != x:
                 new.insert(i, x)
-        refs.append((oid, put_region(ovl, ver, ov.get(oid, -1), new)))
-        size += len(new) + 3
+        new[2] = len(new) - 3
+        refs.append((oid, _put_head(ovl, new)))
+        size += len(new)
     return refs, size
 
 
