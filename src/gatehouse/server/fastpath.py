@@ -62,7 +62,7 @@ _GSERVER_NEEDS = (
 _LOG = logging.getLogger(__name__)
 
 _FLAGS = 0
-_REQUEST, _RECEIVED, _SENT, _CLOSED = range(4)
+_REQUEST, _RECEIVED, _SENT = range(3)
 _OK = grpc.StatusCode.OK.value[0]
 
 
@@ -88,27 +88,26 @@ class _Context:
     """The part of `grpc.ServicerContext` the fast handlers use, with the plain server's
     semantics: `abort`/`abort_with_status` raise after recording the status."""
 
-    __slots__ = ("_call", "_deadline", "_metadata", "code_", "details_", "trailing_")
+    __slots__ = ("_event", "code_", "details_", "trailing_")
 
-    def __init__(self, call: Any, deadline: float, metadata: Any) -> None:
-        self._call = call
-        self._deadline = deadline
-        self._metadata = metadata
+    def __init__(self, event: Any) -> None:
+        self._event = event
         self.code_: grpc.StatusCode | None = None
         self.details_: str | None = None
         self.trailing_: Any = None
 
     def time_remaining(self) -> float:
-        return max(self._deadline - time.time(), 0.0)
+        deadline: float = self._event.call_details.deadline
+        return max(deadline - time.time(), 0.0)
 
     def invocation_metadata(self) -> Any:
-        return self._metadata
+        return self._event.invocation_metadata
 
     def is_active(self) -> bool:
         return True
 
     def cancel(self) -> None:
-        self._call.cancel()
+        self._event.call.cancel()
 
     def code(self) -> grpc.StatusCode | None:
         return self.code_
@@ -135,13 +134,14 @@ class _Context:
 
 
 class _Call:
-    __slots__ = ("call", "deadline", "metadata", "method")
+    """A fast call: its method and the event that brought it (call, deadline, metadata)."""
 
-    def __init__(self, method: _Method, call: Any, deadline: float, metadata: Any) -> None:
+    __slots__ = ("call", "event", "method")
+
+    def __init__(self, method: _Method, event: Any) -> None:
         self.method = method
-        self.call = call
-        self.deadline = deadline
-        self.metadata = metadata
+        self.event = event
+        self.call = event.call
 
 
 class _Method:
@@ -289,13 +289,9 @@ class FastPath:
             with self._state.lock:
                 if self._state.stage is gserver._ServerStage.STARTED:
                     self._request(obj)
-            call = ev.call
-            c = _Call(obj, call, ev.call_details.deadline, ev.invocation_metadata)
-            call.start_server_batch(
-                (cygrpc.ReceiveCloseOnServerOperation(_FLAGS),), (_CLOSED, call)
-            )
-            call.start_server_batch((cygrpc.ReceiveMessageOperation(_FLAGS),), (_RECEIVED, c))
-        # _SENT, _CLOSED: nothing to do (the tags keep the call referenced until then)
+            c = _Call(obj, ev)
+            ev.call.start_server_batch((cygrpc.ReceiveMessageOperation(_FLAGS),), (_RECEIVED, c))
+        # _SENT: nothing to do (the tag kept the call referenced until then)
 
     def _received(self, c: _Call, ev: Any) -> None:
         payload = ev.batch_operations[0].message() if ev.success else None
@@ -331,7 +327,7 @@ class FastPath:
 
     def _handle(self, c: _Call, request: Any) -> None:
         m = c.method
-        ctx = _Context(c.call, c.deadline, c.metadata)
+        ctx = _Context(c.event)
         t0 = time.perf_counter()
         try:
             response = m.spec.handler(request, cast(grpc.ServicerContext, ctx))
@@ -404,4 +400,7 @@ class FastPath:
 
     @staticmethod
     def _finish(c: _Call, ops: tuple[Any, ...]) -> None:
-        c.call.start_server_batch(ops, (_SENT, c))
+        """The call's last batch: the response and status, and the client's close (a unary
+        client has half-closed with its request; waiting for it here rather than in a batch
+        of its own saves a completion per call, and nothing here needs it earlier)."""
+        c.call.start_server_batch((*ops, cygrpc.ReceiveCloseOnServerOperation(_FLAGS)), (_SENT, c))
