@@ -19,7 +19,10 @@ core 0 (`taskset -c 0`), wait until gRPC health reports SERVING, then measure fr
 * ListAllowed of the big tenant's admin (~10,000 ids, page_size 10,000, whole stream read)
   with the Python client, sequential calls, p50/p99, and the server's CPU time per call.
 * After the server stops: Ping against a bare grpcio server (generated stubs only, same core,
-  same thread count), the floor any grpcio-based stack starts from.
+  same thread count, grpcio's default I/O), the floor of grpcio's own thread-pool server.
+  `gatehouse serve` answers Check, CheckBatch and Ping on its fast path (one thread, no
+  per-call thread hand-off, gRPC I/O on that thread: gatehouse.server.fastpath), so it can
+  beat that floor; `--serve-arg=--no-fast-path` measures the plain thread-pool path instead.
 
 If `h2load` is missing, `apt-get install -y nghttp2-client` is tried once; if that fails the
 multi-process Python generator in bench/loadgen.py is used (and the table says so).
@@ -286,7 +289,7 @@ def run_size(n: int, a: argparse.Namespace, h2load: str | None) -> dict[str, Any
         cmd = [
             "taskset", "-c", SERVER_CORE, gatehouse, "serve",
             "--schema", str(schema), "--tuples", str(tuples),
-            "--listen", addr, "--threads", str(a.threads), "--grace", "1",
+            "--listen", addr, "--threads", str(a.threads), "--grace", "1", *a.serve_arg,
         ]  # fmt: skip
         log = open(tmp / "server.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -390,7 +393,8 @@ def table(results: list[dict[str, Any]], a: argparse.Namespace, tool: str, loads
         f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
         f"**shared with other processes** (1-min load average {loads}), so absolute numbers "
         "are noisy: compare the ratios, which are measured on the same server in one run. "
-        f"Server `gatehouse serve --threads {a.threads}` pinned to core {SERVER_CORE}; load "
+        f"Server `gatehouse serve --threads {a.threads}{''.join(' ' + x for x in a.serve_arg)}` "
+        f"pinned to core {SERVER_CORE}; load "
         f"from {tool} pinned to core {LOAD_CORE}, 1 connection, {INFLIGHT} streams in "
         f"flight, {a.duration:g} s per measurement after 1 s warm-up. Ping is measured before "
         "and after the checks; the ratio uses their mean. Server CPU/RPC is the server "
@@ -485,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=None, help="seconds per h2load run (10)")
     p.add_argument("--lists", type=int, default=None, help="timed ListAllowed calls (100)")
     p.add_argument("--threads", type=int, default=16, help="server RPC threads")
+    p.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="extra `gatehouse serve` argument, repeatable (e.g. --serve-arg=--no-fast-path)",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--quick", action="store_true", help="10^5 tuples, 3 s runs, 30 lists")

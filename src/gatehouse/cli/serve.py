@@ -77,7 +77,17 @@ def register(subparsers: Any) -> None:
         help="server processes sharing --listen (default %(default)s)",
     )
     p.add_argument(
-        "--threads", type=int, default=16, help="RPC threads per worker (default %(default)s)"
+        "--threads",
+        type=int,
+        default=16,
+        help="RPC threads per worker for the methods off the fast path and for checks that wait "
+        "for a revision (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="serve Check/CheckBatch/Ping on the thread pool too, as every other method "
+        "(slower; see docs/operations.md)",
     )
     p.add_argument(
         "--max-data-age",
@@ -301,6 +311,7 @@ def run_worker(settings: dict[str, Any], index: int) -> int:
             rejections=rejections,
             max_data_age=args.max_data_age,
             so_reuseport=multi,
+            fast_path=not args.no_fast_path,
         )
     except Exception as e:
         print(f"gatehouse serve: {e}", file=sys.stderr)
