@@ -371,3 +371,24 @@ def test_check_many_answers_as_check_does(tuples: list[str], native: bool) -> No
         if o[0] == "error":
             with pytest.raises(EngineError):
                 ev.check_many(snap, [q])
+
+
+@SETTINGS
+@given(tuples=graphs(max_size=40), writes=graphs(max_size=20), depth=st.sampled_from([1, 2, 50]))
+def test_kernel_closure_matches_the_python_one(
+    tuples: list[str], writes: list[str], depth: int
+) -> None:
+    from gatehouse.engine.evaluator import _closure_packed
+
+    store = GraphStore(min_compaction=1 << 30)
+    store.load(tuples, revision=1)
+    snap = store.apply(Delta.of(writes, tuples[:3]))  # overlay regions on both indexes
+    ev = Evaluator(COMPILED, max_depth=depth)
+    prog = ev._program(snap.interner)
+    assert prog.kernel is not None
+    it = snap.interner
+    keys = [o << REL_BITS for o in range(len(it.names))] + [-1]
+    for sk in keys:
+        for wk in (-1, *keys[:3]):
+            got = prog.kernel.closure(snap, sk, wk)
+            assert got == _closure_packed(snap, sk, wk, prog.closure_rids, depth), (sk, wk)

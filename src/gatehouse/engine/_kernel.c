@@ -39,6 +39,24 @@ typedef struct {
     int ntargets;
 } Node;
 
+/* One packed index of a snapshot as the program caches it (buffers held on the base). */
+typedef struct {
+    Py_buffer off, dat;
+    int have_buf;
+    PyObject *ov, *ovl;
+    int64_t n;
+} Index;
+
+/* The same index as one run reads it: plain pointers, valid while the run holds the
+ * snapshot (another thread may rebind the program while this run waits in a callback). */
+typedef struct {
+    const uint32_t *off;
+    const int64_t *dat;
+    Py_ssize_t ndat;
+    PyObject *ov, *ovl; /* borrowed: the run holds the snapshot */
+    int64_t n;
+} View;
+
 typedef struct {
     PyObject_HEAD
     Node *nodes;
@@ -52,12 +70,13 @@ typedef struct {
     PyObject *depth_msg;   /* its message */
     unsigned char *relkind; /* per rid: 1 closed userset, 2 other userset, 0 neither */
     Py_ssize_t nrel;
+    int64_t *closure_rids; /* relations whose usersets are pure reachability */
+    Py_ssize_t nclosure;
+    int max_depth;
     /* the snapshot last run on */
     PyObject *snap;
-    Py_buffer off, dat;
-    int have_buf;
-    PyObject *ov, *ovl;
-    int64_t nf, ver;
+    Index f, r;
+    int64_t ver;
 } Program;
 
 typedef struct {
@@ -67,13 +86,8 @@ typedef struct {
 
 typedef struct {
     Program *p;
-    /* this run's snapshot, copied from the program's cache: another thread may bind the
-     * program to another snapshot while this run waits in a callback */
-    const uint32_t *off;
-    const int64_t *dat;
-    Py_ssize_t ndat;
-    PyObject *ov, *ovl; /* borrowed: the run holds the snapshot */
-    int64_t nf, ver;
+    View f, r;
+    int64_t ver;
     int64_t sk, wk;
     PyObject *members_fn;
     PyObject *cache;   /* dict (sk, wk) -> (set, truncated) the members_fn fills, or None */
@@ -232,69 +246,92 @@ static PyObject *members(Query *q)
 
 /* ---- the object's group, then a node over it ------------------------------------------- */
 
-static PyObject *enter(Query *q, int idx, int64_t oid)
+/* Object `oid`'s group in index `v` at version `ver`: *arr[*lo:*hi]. An overlay region is
+ * copied into *copy (the caller frees it): a writer may resize its chunk once Python code
+ * runs. Returns 0, or -1 with an exception set. */
+static int group(const View *v, int64_t ver, int64_t oid, const int64_t **arr, Py_ssize_t *lo,
+                 Py_ssize_t *hi, int64_t **copy)
 {
+    *arr = NULL;
+    *lo = *hi = 0;
+    *copy = NULL;
     if (oid < 0 || oid > OID_MASK)
-        Py_RETURN_NONE;
+        return 0;
     PyObject *key = PyLong_FromLongLong(oid);
     if (!key)
-        return NULL;
-    PyObject *ref = PyDict_GetItemWithError(q->ov, key);
+        return -1;
+    PyObject *ref = PyDict_GetItemWithError(v->ov, key);
     Py_DECREF(key);
     if (!ref && PyErr_Occurred())
-        return NULL;
+        return -1;
     if (ref) {
         /* overlay: the newest region not newer than the snapshot */
-        int64_t v = PyLong_AsLongLong(ref);
-        if (v == -1 && PyErr_Occurred())
-            return NULL;
-        while (v >= 0) {
-            int64_t ci = v >> 32, s = v & OID_MASK;
-            if (ci >= PyList_GET_SIZE(q->ovl)) {
+        int64_t r = PyLong_AsLongLong(ref);
+        if (r == -1 && PyErr_Occurred())
+            return -1;
+        while (r >= 0) {
+            int64_t ci = r >> 32, s = r & OID_MASK;
+            if (ci >= PyList_GET_SIZE(v->ovl)) {
                 PyErr_SetString(PyExc_IndexError, "kernel: overlay chunk out of range");
-                return NULL;
+                return -1;
             }
             Py_buffer b;
-            if (get_buf(PyList_GET_ITEM(q->ovl, ci), &b, 8) < 0)
-                return NULL;
+            if (get_buf(PyList_GET_ITEM(v->ovl, ci), &b, 8) < 0)
+                return -1;
             const int64_t *c = b.buf;
             Py_ssize_t len = b.len / 8;
-            if (s + 3 > len || s + 3 + c[s + 2] > len) {
+            if (s + 3 > len || c[s + 2] < 0 || s + 3 + c[s + 2] > len) {
                 PyBuffer_Release(&b);
                 PyErr_SetString(PyExc_IndexError, "kernel: overlay region out of range");
-                return NULL;
+                return -1;
             }
-            if (c[s] <= q->ver) {
+            if (c[s] <= ver) {
                 Py_ssize_t n = (Py_ssize_t)c[s + 2];
-                if (!n) {
-                    PyBuffer_Release(&b);
-                    Py_RETURN_NONE;
+                if (n) {
+                    *copy = PyMem_Malloc((size_t)n * 8);
+                    if (!*copy) {
+                        PyBuffer_Release(&b);
+                        PyErr_NoMemory();
+                        return -1;
+                    }
+                    memcpy(*copy, c + s + 3, (size_t)n * 8);
+                    *arr = *copy;
+                    *hi = n;
                 }
-                int64_t *copy = PyMem_Malloc((size_t)n * 8);
-                if (!copy) {
-                    PyBuffer_Release(&b);
-                    return PyErr_NoMemory();
-                }
-                memcpy(copy, c + s + 3, (size_t)n * 8);
                 PyBuffer_Release(&b);
-                PyObject *r = run_node(q, idx, copy, 0, n);
-                PyMem_Free(copy);
-                return r;
+                return 0;
             }
-            v = c[s + 1];
+            r = c[s + 1];
             PyBuffer_Release(&b);
         }
     }
-    if (oid >= q->nf)
-        Py_RETURN_NONE;
-    Py_ssize_t lo = q->off[oid], hi = q->off[oid + 1];
-    if (lo == hi)
-        Py_RETURN_NONE;
-    if (lo > hi || hi > q->ndat) {
+    if (oid >= v->n)
+        return 0;
+    Py_ssize_t a = v->off[oid], z = v->off[oid + 1];
+    if (a > z || z > v->ndat) {
         PyErr_SetString(PyExc_IndexError, "kernel: offsets past the entries");
-        return NULL;
+        return -1;
     }
-    return run_node(q, idx, q->dat, lo, hi);
+    *arr = v->dat;
+    *lo = a;
+    *hi = z;
+    return 0;
+}
+
+static PyObject *enter(Query *q, int idx, int64_t oid)
+{
+    const int64_t *arr;
+    Py_ssize_t lo, hi;
+    int64_t *copy;
+    if (group(&q->f, q->ver, oid, &arr, &lo, &hi, &copy) < 0)
+        return NULL;
+    if (lo == hi) {
+        PyMem_Free(copy);
+        Py_RETURN_NONE;
+    }
+    PyObject *r = run_node(q, idx, arr, lo, hi);
+    PyMem_Free(copy);
+    return r;
 }
 
 /* ---- nodes -------------------------------------------------------------------------- */
@@ -483,18 +520,142 @@ static PyObject *run_node(Query *q, int idx, const int64_t *arr, Py_ssize_t lo, 
     }
 }
 
+/* ---- the subject's userset closure ----------------------------------------------------- */
+
+typedef struct {
+    int64_t *v;
+    Py_ssize_t n, cap;
+} Vec;
+
+static int vec_push(Vec *x, int64_t k)
+{
+    if (x->n == x->cap) {
+        Py_ssize_t cap = x->cap ? 2 * x->cap : 16;
+        int64_t *v = PyMem_Realloc(x->v, (size_t)cap * 8);
+        if (!v) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        x->v = v;
+        x->cap = cap;
+    }
+    x->v[x->n++] = k;
+    return 0;
+}
+
+/* keys are >= 0; -1 marks an empty slot. 1 added, 0 present, -1 error */
+static int set_add(Vec *t, Py_ssize_t *count, int64_t k)
+{
+    if (2 * (*count + 1) > t->cap) {
+        Py_ssize_t cap = t->cap ? 2 * t->cap : 32;
+        int64_t *old = t->v;
+        Py_ssize_t ocap = t->cap;
+        t->v = PyMem_Malloc((size_t)cap * 8);
+        if (!t->v) {
+            t->v = old;
+            PyErr_NoMemory();
+            return -1;
+        }
+        memset(t->v, 0xff, (size_t)cap * 8);
+        t->cap = cap;
+        *count = 0;
+        for (Py_ssize_t i = 0; i < ocap; i++)
+            if (old[i] >= 0)
+                set_add(t, count, old[i]);
+        PyMem_Free(old);
+    }
+    Py_ssize_t mask = t->cap - 1;
+    Py_ssize_t i = (Py_ssize_t)(((uint64_t)k * 0x9E3779B97F4A7C15ULL) >> 32) & mask;
+    while (t->v[i] >= 0) {
+        if (t->v[i] == k)
+            return 0;
+        i = (i + 1) & mask;
+    }
+    t->v[i] = k;
+    (*count)++;
+    return 1;
+}
+
+/* Every userset key the subject (sk, wildcard wk) belongs to through the closure relations,
+ * breadth-first over the reverse index (so cycles end), as `_closure_packed` computes it;
+ * more than max_depth levels sets *truncated. A new set, or NULL. */
+static PyObject *closure_of(Program *p, const View *r, int64_t ver, int64_t sk, int64_t wk,
+                            int *truncated)
+{
+    Vec front = {0}, next = {0}, keys = {0};
+    Py_ssize_t count = 0;
+    PyObject *out = NULL;
+    int level = 0;
+    if ((sk >= 0 && vec_push(&front, sk) < 0) || (wk >= 0 && vec_push(&front, wk) < 0))
+        goto done;
+    while (front.n && level < p->max_depth) {
+        next.n = 0;
+        for (Py_ssize_t f = 0; f < front.n; f++) {
+            int64_t k = front.v[f];
+            const int64_t *arr;
+            Py_ssize_t lo, hi;
+            int64_t *copy;
+            if (group(r, ver, k >> REL_BITS, &arr, &lo, &hi, &copy) < 0)
+                goto done;
+            int64_t srid = (k & REL_MASK) << REL_BITS;
+            for (Py_ssize_t j = 0; lo < hi && j < p->nclosure; j++) {
+                int64_t rid = p->closure_rids[j];
+                int64_t start = (srid | rid) << 32, stop = start + (1LL << 32);
+                Py_ssize_t a = bisect(arr, start, lo, hi);
+                if (a == hi || arr[a] >= stop)
+                    continue;
+                Py_ssize_t b = bisect(arr, stop, a, hi);
+                for (Py_ssize_t i = a; i < b; i++) {
+                    int64_t uk = (arr[i] - start) << REL_BITS | rid;
+                    int added = set_add(&keys, &count, uk);
+                    if (added < 0 || (added && vec_push(&next, uk) < 0)) {
+                        PyMem_Free(copy);
+                        goto done;
+                    }
+                }
+            }
+            PyMem_Free(copy);
+        }
+        Vec t = front;
+        front = next;
+        next = t;
+        level++;
+    }
+    *truncated = front.n > 0;
+    out = PySet_New(NULL);
+    for (Py_ssize_t i = 0; out && i < keys.cap; i++) {
+        if (keys.v[i] < 0)
+            continue;
+        PyObject *k = PyLong_FromLongLong(keys.v[i]);
+        if (!k || PySet_Add(out, k) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(k);
+    }
+done:
+    PyMem_Free(front.v);
+    PyMem_Free(next.v);
+    PyMem_Free(keys.v);
+    return out;
+}
+
 /* ---- the Program type ------------------------------------------------------------------ */
+
+static void release_index(Index *x)
+{
+    if (x->have_buf) {
+        PyBuffer_Release(&x->off);
+        PyBuffer_Release(&x->dat);
+        x->have_buf = 0;
+    }
+    Py_CLEAR(x->ov);
+    Py_CLEAR(x->ovl);
+}
 
 static void release_snap(Program *p)
 {
-    if (p->have_buf) {
-        PyBuffer_Release(&p->off);
-        PyBuffer_Release(&p->dat);
-        p->have_buf = 0;
-    }
+    release_index(&p->f);
+    release_index(&p->r);
     Py_CLEAR(p->snap);
-    Py_CLEAR(p->ov);
-    Py_CLEAR(p->ovl);
 }
 
 static int attr_i64(PyObject *o, const char *name, int64_t *out)
@@ -507,39 +668,60 @@ static int attr_i64(PyObject *o, const char *name, int64_t *out)
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-static int bind_snap(Program *p, PyObject *snap)
+/* attributes <c>_off, <c>_dat, <c>_ov, <c>_ovl and n<c> of a snapshot */
+static int bind_index(Index *x, PyObject *snap, char c)
 {
-    if (p->snap == snap)
-        return 0;
-    release_snap(p);
-    PyObject *off = PyObject_GetAttrString(snap, "f_off");
-    PyObject *dat = off ? PyObject_GetAttrString(snap, "f_dat") : NULL;
-    int ok = off && dat && get_buf(off, &p->off, 4) == 0;
-    if (ok && get_buf(dat, &p->dat, 8) < 0) {
-        PyBuffer_Release(&p->off);
+    char name[8];
+    PyOS_snprintf(name, sizeof name, "%c_off", c);
+    PyObject *off = PyObject_GetAttrString(snap, name);
+    PyOS_snprintf(name, sizeof name, "%c_dat", c);
+    PyObject *dat = off ? PyObject_GetAttrString(snap, name) : NULL;
+    int ok = off && dat && get_buf(off, &x->off, 4) == 0;
+    if (ok && get_buf(dat, &x->dat, 8) < 0) {
+        PyBuffer_Release(&x->off);
         ok = 0;
     }
     Py_XDECREF(off);
     Py_XDECREF(dat);
     if (!ok)
         return -1;
-    p->have_buf = 1;
-    p->ov = PyObject_GetAttrString(snap, "f_ov");
-    p->ovl = p->ov ? PyObject_GetAttrString(snap, "f_ovl") : NULL;
-    if (!p->ov || !p->ovl || !PyDict_Check(p->ov) || !PyList_Check(p->ovl) ||
-        attr_i64(snap, "nf", &p->nf) < 0 || attr_i64(snap, "ver", &p->ver) < 0) {
+    x->have_buf = 1;
+    PyOS_snprintf(name, sizeof name, "%c_ov", c);
+    x->ov = PyObject_GetAttrString(snap, name);
+    PyOS_snprintf(name, sizeof name, "%c_ovl", c);
+    x->ovl = x->ov ? PyObject_GetAttrString(snap, name) : NULL;
+    PyOS_snprintf(name, sizeof name, "n%c", c);
+    if (!x->ov || !x->ovl || !PyDict_Check(x->ov) || !PyList_Check(x->ovl) ||
+        attr_i64(snap, name, &x->n) < 0) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_TypeError, "kernel: not a snapshot");
-        release_snap(p);
         return -1;
     }
-    if (p->nf < 0 || p->nf + 1 > p->off.len / 4) {
+    if (x->n < 0 || x->n + 1 > x->off.len / 4) {
         PyErr_SetString(PyExc_ValueError, "kernel: offsets shorter than the object count");
+        return -1;
+    }
+    return 0;
+}
+
+static int bind_snap(Program *p, PyObject *snap)
+{
+    if (p->snap == snap)
+        return 0;
+    release_snap(p);
+    if (bind_index(&p->f, snap, 'f') < 0 || bind_index(&p->r, snap, 'r') < 0 ||
+        attr_i64(snap, "ver", &p->ver) < 0) {
         release_snap(p);
         return -1;
     }
     p->snap = Py_NewRef(snap);
     return 0;
+}
+
+static View view_of(const Index *x)
+{
+    View v = {x->off.buf, x->dat.buf, x->dat.len / 8, x->ov, x->ovl, x->n};
+    return v;
 }
 
 static void free_nodes(Program *p)
@@ -615,15 +797,41 @@ static int parse_node(Node *nd, PyObject *spec, int nnodes)
 static int Program_init(Program *self, PyObject *args, PyObject *kw)
 {
     PyObject *specs, *names, *obj_type, *subject_str, *rel_parts, *fallback, *depth_exc,
-        *depth_msg;
+        *depth_msg, *rids;
     Py_buffer relkind;
-    static char *kwlist[] = {"nodes", "relkind", "names", "obj_type", "subject_str",
-                             "rel_parts", "fallback", "depth_error", "depth_message", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*OOOOOOU", kwlist, &specs, &relkind, &names,
-                                     &obj_type, &subject_str, &rel_parts, &fallback,
-                                     &depth_exc, &depth_msg))
+    int max_depth;
+    static char *kwlist[] = {"nodes",       "relkind",       "names",         "obj_type",
+                             "subject_str", "rel_parts",     "fallback",      "depth_error",
+                             "depth_message", "closure_rids", "max_depth",   NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*OOOOOOUOi", kwlist, &specs, &relkind,
+                                     &names, &obj_type, &subject_str, &rel_parts, &fallback,
+                                     &depth_exc, &depth_msg, &rids, &max_depth))
         return -1;
     int rc = -1;
+    PyObject *rfast = PySequence_Fast(rids, "kernel: closure_rids must be a sequence");
+    if (!rfast)
+        goto done;
+    PyMem_Free(self->closure_rids);
+    self->nclosure = PySequence_Fast_GET_SIZE(rfast);
+    self->closure_rids = PyMem_Malloc((size_t)(self->nclosure ? self->nclosure : 1) * 8);
+    if (!self->closure_rids) {
+        Py_DECREF(rfast);
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < self->nclosure; i++) {
+        long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(rfast, i));
+        if ((v == -1 && PyErr_Occurred()) || v < 0 || v > REL_MASK) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "kernel: relation id out of range");
+            Py_DECREF(rfast);
+            self->nclosure = 0;
+            goto done;
+        }
+        self->closure_rids[i] = v;
+    }
+    Py_DECREF(rfast);
+    self->max_depth = max_depth;
     if (!PyList_Check(names) || !PyCallable_Check(subject_str) || !PyList_Check(rel_parts) ||
         !PyExceptionClass_Check(fallback) || !PyExceptionClass_Check(depth_exc)) {
         PyErr_SetString(PyExc_TypeError, "kernel: bad Program arguments");
@@ -696,23 +904,8 @@ static PyObject *Program_run(Program *self, PyObject *const *args, Py_ssize_t na
     /* The run holds its snapshot, so its base arrays (never resized) stay valid even if
      * another thread rebinds the program meanwhile. */
     PyObject *snap = Py_NewRef(self->snap);
-    Query q = {self,
-               self->off.buf,
-               self->dat.buf,
-               self->dat.len / 8,
-               self->ov,
-               self->ovl,
-               self->nf,
-               self->ver,
-               sk,
-               wk,
-               args[5],
-               args[6],
-               NULL,
-               0,
-               NULL,
-               0,
-               0};
+    Query q = {self,   view_of(&self->f), view_of(&self->r), self->ver, sk, wk, args[5],
+               args[6], NULL, 0, NULL, 0, 0};
     PyObject *r = enter(&q, (int)entry, oid);
     Py_DECREF(snap);
     memo_clear(&q);
@@ -749,12 +942,37 @@ static void Program_dealloc(Program *self)
     Program_clear(self);
     free_nodes(self);
     PyMem_Free(self->relkind);
+    PyMem_Free(self->closure_rids);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Program_closure(Program *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "closure(snap, sk, wk)");
+        return NULL;
+    }
+    long long sk = PyLong_AsLongLong(args[1]);
+    long long wk = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (bind_snap(self, args[0]) < 0)
+        return NULL;
+    PyObject *snap = Py_NewRef(self->snap);
+    View r = view_of(&self->r);
+    int truncated = 0;
+    PyObject *set = closure_of(self, &r, self->ver, sk, wk, &truncated);
+    Py_DECREF(snap);
+    if (!set)
+        return NULL;
+    return Py_BuildValue("(NO)", set, truncated ? Py_True : Py_False);
 }
 
 static PyMethodDef Program_methods[] = {
     {"run", (PyCFunction)(void (*)(void))Program_run, METH_FASTCALL,
      "run(snap, entry, oid, sk, wk, members, cache) -> reason or None"},
+    {"closure", (PyCFunction)(void (*)(void))Program_closure, METH_FASTCALL,
+     "closure(snap, sk, wk) -> (userset keys, truncated)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,7 +14,10 @@ class Program:
         fallback: type[BaseException],
         depth_error: type[BaseException],
         depth_message: str,
+        closure_rids: list[int],
+        max_depth: int,
     ) -> None: ...
+    def closure(self, snap: object, sk: int, wk: int, /) -> tuple[set[int], bool]: ...
     def run(
         self,
         snap: object,

@@ -7,7 +7,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from gatehouse.graph.store import (
     F_REL,
@@ -478,13 +478,19 @@ class Evaluator:
             {} if self.closure_cache else None
         )
         rids, depth, limit = prog.closure_rids, self.max_depth, self.closure_cache
+        kern = prog.kernel
+
+        def compute(sk: int, wk: int) -> tuple[set[int], bool]:
+            if kern is not None:
+                return kern.closure(snap, sk, wk)
+            return _closure_packed(snap, sk, wk, rids, depth)
 
         def members(sk: int, wk: int) -> tuple[set[int], bool]:
             if cache is None:
-                return _closure_packed(snap, sk, wk, rids, depth)
+                return compute(sk, wk)
             hit = cache.get((sk, wk))
             if hit is None:
-                hit = _closure_packed(snap, sk, wk, rids, depth)
+                hit = compute(sk, wk)
                 if len(cache) >= limit:
                     cache.clear()
                 cache[(sk, wk)] = hit
@@ -515,7 +521,9 @@ class Evaluator:
                 node = self._compile_member(prog, tname, (name,), set())
                 prog.fns[(tname, name)] = None if node is None else prog.entry(node)
         if self.native:
-            prog.lower(DepthExceeded(f"graph nested deeper than {self.max_depth} levels"))
+            prog.lower(
+                DepthExceeded(f"graph nested deeper than {self.max_depth} levels"), self.max_depth
+            )
         self._prog = prog
         return prog
 
@@ -1119,7 +1127,7 @@ class _Program:
         self.closures: _Closures = (None, None, _no_members)
         self.specs: dict[int, _Spec] = {}  # id(node) -> what the C kernel needs to run it
         self.entry_nodes: dict[int, _Node] = {}  # id(entry) -> its node
-        self.kernel: Any = None  # _kernel.Program, once lowered
+        self.kernel: _kernel.Program | None = None  # once lowered
         self.knodes: dict[_Entry, int] = {}  # entry -> index of its node in the kernel
 
     def stale(self, it: Interner) -> bool:
@@ -1134,7 +1142,7 @@ class _Program:
         self.specs[id(node)] = spec
         return node
 
-    def lower(self, depth_error: DepthExceeded) -> None:
+    def lower(self, depth_error: DepthExceeded, max_depth: int) -> None:
         """Give the C kernel every node reachable from a compiled entry point, as specs
         whose node references are list indexes."""
         order: dict[int, int] = {}
@@ -1179,6 +1187,8 @@ class _Program:
             _Fallback,
             DepthExceeded,
             str(depth_error),
+            self.closure_rids,
+            max_depth,
         )
         self.knodes = entries
 
