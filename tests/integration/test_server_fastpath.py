@@ -4,6 +4,9 @@ and end with the server."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -174,3 +177,30 @@ def test_graceful_stop_answers_a_call_in_flight() -> None:
         assert fut.result(timeout=5).allowed
     assert h.fast is not None and h.fast._thread is not None
     assert not h.fast._thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("verb", "given", "expected"),
+    [
+        ("serve", None, "-event_engine_listener,-event_engine_for_all_other_endpoints"),
+        ("serve", "mine", "mine"),
+        ("check", None, None),
+    ],
+)
+def test_serve_sets_grpc_experiments_before_grpc_loads(
+    verb: str, given: str | None, expected: str | None
+) -> None:
+    """`gatehouse serve` turns gRPC's EventEngine listener/endpoints off (I/O on the fast
+    path's thread) unless the environment says otherwise; other verbs are left alone."""
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    if given is not None:
+        env["GRPC_EXPERIMENTS"] = given
+    code = (
+        f"import os, sys; sys.argv = ['gatehouse', {verb!r}]; import gatehouse.cli.main; "
+        "print(os.environ.get('GRPC_EXPERIMENTS'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(expected)

@@ -321,7 +321,12 @@ class FastPath:
         except Exception:
             blocks = True  # let the handler (on the pool) report it
         if blocks:
-            self._pool.submit(self._handle, c, request)
+            try:
+                self._pool.submit(self._handle, c, request)
+            except RuntimeError:  # the pool is shut down: the process is going away
+                self._finish(
+                    c, _status_ops(grpc.StatusCode.UNAVAILABLE, "server shutting down", None)
+                )
         else:
             self._handle(c, request)
 
