@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gen import HUGE_THRESHOLD, SCHEMA, Dataset, delta_batches, generate
+from gil_floor import measure as gil_floor
 
 from gatehouse.engine import Evaluator
 from gatehouse.graph import Delta, GraphStore, parse_object, parse_subject
@@ -175,9 +176,25 @@ def run_size(target: int, args: argparse.Namespace) -> dict[str, float]:
         ns = time_checks(cold, st, pairs, args.checks, False)
         r[f"check_{name}_cold_p50"] = pct(ns, 50) / 1e3
         r[f"check_{name}_cold_p99"] = pct(ns, 99) / 1e3
+    # A/B in the same run: the compiled check on the Python nodes instead of the C kernel.
+    py = Evaluator(compile_schema(SCHEMA), native=False)
+    for name, pairs in (("allowed", allowed), ("denied", denied)):
+        time_checks(py, st, pairs, min(2000, args.checks), False)  # warm up
+        ns = time_checks(py, st, pairs, args.checks, False)
+        r[f"check_{name}_py_p50"] = pct(ns, 50) / 1e3
+        r[f"check_{name}_py_p99"] = pct(ns, 99) / 1e3
+    # Batches of 100 through check_many (what CheckBatch calls): time per check.
+    mixed = [(parse_subject(u), "read", parse_object(f)) for u, f in allowed + denied]
+    batches = [mixed[i : i + 100] for i in range(0, len(mixed) - 99, 100)]
+    snap_now = st.current
+    for b in batches[:5]:
+        ev.check_many(snap_now, b)
+    ns = time_calls(lambda: [ev.check_many(snap_now, b) for b in batches], 5)
+    r["check_many_us"] = min(ns) / 1e3 / (100 * len(batches))
     log(
         f"  check cold closure: allowed p50 {r['check_allowed_cold_p50']:.1f}us "
-        f"denied p50 {r['check_denied_cold_p50']:.1f}us"
+        f"denied p50 {r['check_denied_cold_p50']:.1f}us; Python nodes: allowed p50 "
+        f"{r['check_allowed_py_p50']:.1f}us; check_many {r['check_many_us']:.2f}us per check"
     )
 
     subj = parse_subject(ds.big_admin)
@@ -259,6 +276,18 @@ def run_size(target: int, args: argparse.Namespace) -> dict[str, float]:
         elif windows[0][0] <= a:
             stall_idle = max(stall_idle, gap)
     r["stall_ms"] = stall / 1e6
+    inside = sorted(
+        b - a
+        for a, b in itertools.pairwise(stamps)
+        if any(w0 <= b and a <= w1 for w0, w1 in windows)
+    )
+    r["stall_p99_ms"] = inside[int(0.99 * (len(inside) - 1))] / 1e6 if inside else 0.0
+    # The machine's floor in the same run: the same kind of reader against pure-Python
+    # bursts as long as a median apply, at the same lowered switch interval.
+    fin, _ = gil_floor(len(deltas), max(1.0, r["delta_p50"]), 0.5)
+    fin.sort()
+    r["floor_max_ms"] = fin[-1] / 1e6 if fin else 0.0
+    r["floor_p99_ms"] = fin[int(0.99 * (len(fin) - 1))] / 1e6 if fin else 0.0
     r["stall_plain_ms"] = stall_plain / 1e6
     r["stall_any_ms"] = stall_any / 1e6
     r["stall_idle_ms"] = stall_idle / 1e6
@@ -314,6 +343,13 @@ def render(results: list[dict[str, float]], args: argparse.Namespace) -> str:
             "",
             lambda r, n=name: f"{r[f'check_{n}_cold_p50']:.1f} / {r[f'check_{n}_cold_p99']:.1f}",
         )
+    for name in ("allowed", "denied"):
+        row(
+            f"check {name}, Python nodes (`native=False`), p50 / p99 (µs)",
+            "",
+            lambda r, n=name: f"{r[f'check_{n}_py_p50']:.1f} / {r[f'check_{n}_py_p99']:.1f}",
+        )
+    row("check_many, batches of 100, per check (µs)", "", lambda r: f"{r['check_many_us']:.2f}")
     row("list_allowed ids returned", "~10,000", lambda r: f"{int(r['list_ids']):,}")
     row("list_allowed p50 (ms)", "", lambda r: f"{r['list_p50']:.2f}")
     row(
@@ -351,10 +387,16 @@ def render(results: list[dict[str, float]], args: argparse.Namespace) -> str:
         "≤ 1",
         lambda r: f"{r['stall_plain_ms']:.2f} {_mark(r['stall_plain_ms'], TARGETS['stall_ms'])}",
     )
+    row("reader gaps during applies, p99 (ms)", "", lambda r: f"{r['stall_p99_ms']:.2f}")
     row(
         "control: reader max gap between deltas, no apply running (ms)",
         "",
         lambda r: f"{r['stall_idle_ms']:.2f}",
+    )
+    row(
+        "floor: reader gaps during pure-Python bursts, p99 / max (ms)",
+        "",
+        lambda r: f"{r['floor_p99_ms']:.2f} / {r['floor_max_ms']:.2f}",
     )
 
     out = ["| metric | target | " + " | ".join(cols) + " |"]

@@ -21,12 +21,8 @@ import threading
 import time
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--bursts", type=int, default=20)
-    p.add_argument("--burst-ms", type=float, default=10.0)
-    p.add_argument("--switch-ms", type=float, default=0.5)
-    a = p.parse_args(argv)
+def measure(bursts: int, burst_ms: float, switch_ms: float) -> tuple[list[int], list[int]]:
+    """Reader gaps (ns) that overlap a pure-Python burst, and those that overlap none."""
     stamps: list[int] = []
     stop = threading.Event()
 
@@ -43,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     th.start()
     time.sleep(0.05)
     windows: list[tuple[int, int]] = []
-    for _ in range(a.bursts):
+    for _ in range(bursts):
         old = sys.getswitchinterval()
-        sys.setswitchinterval(a.switch_ms / 1e3)
+        sys.setswitchinterval(switch_ms / 1e3)
         t0 = time.perf_counter_ns()
         y = 0
-        while time.perf_counter_ns() - t0 < a.burst_ms * 1e6:
+        while time.perf_counter_ns() - t0 < burst_ms * 1e6:
             y += 1
         t1 = time.perf_counter_ns()
         sys.setswitchinterval(old)
@@ -58,9 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     th.join()
     inside: list[int] = []
     outside: list[int] = []
+    wi = 0
     for s0, s1 in itertools.pairwise(stamps):
-        hit = any(w0 <= s1 and s0 <= w1 for w0, w1 in windows)
+        while wi < len(windows) and windows[wi][1] < s0:
+            wi += 1
+        hit = wi < len(windows) and windows[wi][0] <= s1
         (inside if hit else outside).append(s1 - s0)
+    return inside, outside
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--bursts", type=int, default=20)
+    p.add_argument("--burst-ms", type=float, default=10.0)
+    p.add_argument("--switch-ms", type=float, default=0.5)
+    a = p.parse_args(argv)
+    inside, outside = measure(a.bursts, a.burst_ms, a.switch_ms)
     print(f"1-min load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for name, gaps in (("during bursts", inside), ("between bursts", outside)):
         gaps.sort()
