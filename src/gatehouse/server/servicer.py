@@ -357,11 +357,13 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         perms = repeat(permissions[0], n) if npm == 1 else permissions
         cols = zip(subjects, perms, resources, strict=True)
         if self.decision_log is None and self.checker is direct_check:
-            # The common case, one call per check: the same as `_decide` without logging.
-            check, snap = view.policy.evaluator.check, view.snapshot
+            # The common case: the same as `_decide` without logging, the engine's per-call
+            # setup done once for the batch (`check_many`: same answers, in order).
             sub, res = self._subject, self._resource
             subs, ress = self._subjects.get, self._resources.get  # hits skip a call each
-            decisions = [check(snap, subs(s) or sub(s), p, ress(r) or res(r)) for s, p, r in cols]
+            decisions = view.policy.evaluator.check_many(
+                view.snapshot, [(subs(s) or sub(s), p, ress(r) or res(r)) for s, p, r in cols]
+            )
         else:
             decide = self._decide
             decisions = [decide(view, s, p, r, "CheckBatch") for s, p, r in cols]
