@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -134,20 +135,24 @@ def test_a_delta_that_fails_half_written_stays_invisible(monkeypatch: pytest.Mon
     st = GraphStore()
     st.load(["doc:a#viewer@user:u1", "doc:b#viewer@user:u1"], revision=1)
     before = st.current
-    real = store_mod._put_head
     calls = 0
 
-    def failing(*args: object) -> int:
-        nonlocal calls
-        calls += 1
-        if calls == 3:  # after some regions of the delta are already written
-            raise MemoryError("simulated")
-        return real(*args)  # type: ignore[arg-type]
+    def failing(real: Callable[..., int]) -> Callable[..., int]:
+        def put(*args: object) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == 3:  # after some regions of the delta are already written
+                raise MemoryError("simulated")
+            return real(*args)
 
-    monkeypatch.setattr(store_mod, "_put_head", failing)
-    with pytest.raises(MemoryError):
-        st.apply(Delta.of(["doc:a#viewer@user:u2", "doc:b#viewer@user:u2"]), revision=2)
-    monkeypatch.setattr(store_mod, "_put_head", real)
+        return put
+
+    # both ways a region is written (the C-built bytes, the Python-built array)
+    with monkeypatch.context() as m:
+        m.setattr(store_mod, "_put_head", failing(store_mod._put_head))
+        m.setattr(store_mod, "_put_bytes", failing(store_mod._put_bytes))
+        with pytest.raises(MemoryError):
+            st.apply(Delta.of(["doc:a#viewer@user:u2", "doc:b#viewer@user:u2"]), revision=2)
     assert st.current is before
     assert set(before.tuples()) == {"doc:a#viewer@user:u1", "doc:b#viewer@user:u1"}
     # the next delta gets a newer version: the half-written regions never become visible

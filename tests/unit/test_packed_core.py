@@ -392,3 +392,25 @@ def test_kernel_closure_matches_the_python_one(
         for wk in (-1, *keys[:3]):
             got = prog.kernel.closure(snap, sk, wk)
             assert got == _closure_packed(snap, sk, wk, prog.closure_rids, depth), (sk, wk)
+
+
+@SETTINGS
+@given(
+    group=st.lists(st.integers(0, 60), unique=True),
+    adds=st.sets(st.integers(0, 70)),
+    removes=st.sets(st.integers(0, 70)),
+    pad=st.integers(0, 3),
+)
+def test_c_region_edit_matches_set_semantics(
+    group: list[int], adds: set[int], removes: set[int], pad: int
+) -> None:
+    from array import array
+
+    assert store_mod._packer is not None
+    arr = array("q", [-5] * pad + sorted(group) + [99] * pad)
+    raw = store_mod._packer.region(arr, pad, pad + len(group), 7, -1, adds, removes)
+    out = array("q")
+    out.frombytes(raw)
+    # removals first, then additions (a tuple both deleted and written is present)
+    want = sorted((set(group) - removes) | adds)
+    assert out.tolist() == [7, -1, len(want), *want]

@@ -98,7 +98,104 @@ done:
     return result;
 }
 
+/* the ints of an iterable, sorted; NULL with an exception, or *n = 0 and a 1-slot buffer */
+static int64_t *sorted_ints(PyObject *it, Py_ssize_t *n)
+{
+    PyObject *fast = PySequence_Fast(it, "region: adds and removes must be iterable");
+    if (!fast)
+        return NULL;
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
+    int64_t *out = PyMem_Malloc((size_t)(len ? len : 1) * 8);
+    if (!out) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        out[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (out[i] == -1 && PyErr_Occurred()) {
+            PyMem_Free(out);
+            Py_DECREF(fast);
+            return NULL;
+        }
+    }
+    Py_DECREF(fast);
+    if (len > 1)
+        qsort(out, (size_t)len, 8, cmp_i64);
+    *n = len;
+    return out;
+}
+
+/* region(arr, lo, hi, ver, prev, adds, removes) -> bytes: an overlay region, the header
+ * [ver, prev, n] then arr[lo:hi] without `removes` and with `adds`, sorted and unique. */
+static PyObject *pack_region(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "region(arr, lo, hi, ver, prev, adds, removes)");
+        return NULL;
+    }
+    Py_ssize_t lo = PyLong_AsSsize_t(args[1]), hi = PyLong_AsSsize_t(args[2]);
+    long long ver = PyLong_AsLongLong(args[3]), prev = PyLong_AsLongLong(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t na = 0, nr = 0;
+    int64_t *adds = sorted_ints(args[5], &na);
+    if (!adds)
+        return NULL;
+    int64_t *rem = sorted_ints(args[6], &nr);
+    if (!rem) {
+        PyMem_Free(adds);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (b.len % 8 || lo < 0 || hi < lo || hi > b.len / 8) {
+        PyErr_SetString(PyExc_ValueError, "region: bad group bounds");
+        PyBuffer_Release(&b);
+        goto done;
+    }
+    const int64_t *g = (const int64_t *)b.buf;
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(3 + (hi - lo) + na) * 8);
+    if (!out) {
+        PyBuffer_Release(&b);
+        goto done;
+    }
+    int64_t *o = (int64_t *)PyBytes_AS_STRING(out);
+    Py_ssize_t w = 3, i = lo, j = 0, k = 0;
+    while (i < hi || j < na) {
+        int64_t x;
+        if (j == na || (i < hi && g[i] < adds[j])) {
+            x = g[i++];
+            while (k < nr && rem[k] < x)
+                k++;
+            if (k < nr && rem[k] == x)
+                continue; /* removed */
+        } else if (i < hi && g[i] == adds[j]) {
+            x = g[i++]; /* removals come first, then adds: present either way */
+            j++;
+        } else {
+            x = adds[j++];
+        }
+        if (w == 3 || o[w - 1] != x)
+            o[w++] = x;
+    }
+    PyBuffer_Release(&b);
+    o[0] = ver;
+    o[1] = prev;
+    o[2] = w - 3;
+    if (_PyBytes_Resize(&out, w * 8) < 0)
+        out = NULL;
+done:
+    PyMem_Free(adds);
+    PyMem_Free(rem);
+    return out;
+}
+
 static PyMethodDef pack_methods[] = {
+    {"region", (PyCFunction)(void (*)(void))pack_region, METH_FASTCALL,
+     "region(arr, lo, hi, ver, prev, adds, removes) -> the bytes of an overlay region"},
     {"build", (PyCFunction)(void (*)(void))pack_build, METH_FASTCALL,
      "build(keys, ents, off, dat) -> entries kept: a packed index from (object, entry) pairs"},
     {NULL, NULL, 0, NULL},

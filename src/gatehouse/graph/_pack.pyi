@@ -1,3 +1,6 @@
 """Type stub of the C load packer (src/gatehouse/graph/_pack.c)."""
 
 def build(keys: object, ents: object, off: object, dat: object, /) -> int: ...
+def region(
+    arr: object, lo: int, hi: int, ver: int, prev: int, adds: object, removes: object, /
+) -> bytes: ...

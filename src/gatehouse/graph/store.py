@@ -663,6 +663,17 @@ def _put_head(ovl: list[array[int]], region: array[int]) -> int:
     return (len(ovl) - 1) << 32 | start
 
 
+def _put_bytes(ovl: list[array[int]], region: bytes) -> int:
+    """`_put_head` for a region given as the bytes of its 8-byte entries."""
+    c = ovl[-1]
+    if c and len(c) + (len(region) >> 3) > _CHUNK:
+        c = array("q")
+        ovl.append(c)
+    start = len(c)
+    c.frombytes(region)
+    return (len(ovl) - 1) << 32 | start
+
+
 def _append(
     ovl: list[array[int]],
     ov: dict[int, int],
@@ -675,6 +686,14 @@ def _append(
     refs: list[tuple[int, int]] = []
     size = 0
     get = ov.get
+    if _packer is not None:
+        build = _packer.region
+        for oid, (adds, removes) in changes.items():
+            arr, lo, hi = block(oid)
+            region = build(arr, lo, hi, ver, get(oid, -1), adds, removes)
+            refs.append((oid, _put_bytes(ovl, region)))
+            size += len(region) >> 3
+        return refs, size
     for oid, (adds, removes) in changes.items():
         arr, lo, hi = block(oid)
         # The region is built in one array, header first: copy the group after it (one C
