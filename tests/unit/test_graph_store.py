@@ -103,7 +103,14 @@ def test_wait_for_revision() -> None:
     assert snap is not None and snap.revision == 2
 
 
-def test_every_snapshot_keeps_its_own_view_of_a_shared_overlay() -> None:
+@pytest.mark.parametrize("packer", [True, False], ids=["c-packer", "python"])
+def test_every_snapshot_keeps_its_own_view_of_a_shared_overlay(
+    packer: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gatehouse.graph import store as store_mod
+
+    if not packer:  # the pure-Python load and delta paths, as without a C compiler
+        monkeypatch.setattr(store_mod, "_packer", None)
     # Deltas add versioned regions to an overlay shared by all snapshots of one base: an old
     # snapshot must keep answering what it held, through repeated changes to the same
     # objects and through a compaction that replaces the base.
