@@ -397,20 +397,22 @@ def test_kernel_closure_matches_the_python_one(
 @SETTINGS
 @given(
     group=st.lists(st.integers(0, 60), unique=True),
-    adds=st.sets(st.integers(0, 70)),
-    removes=st.sets(st.integers(0, 70)),
+    edits=st.dictionaries(st.integers(0, 70), st.booleans()),
     pad=st.integers(0, 3),
 )
 def test_c_region_edit_matches_set_semantics(
-    group: list[int], adds: set[int], removes: set[int], pad: int
+    group: list[int], edits: dict[int, bool], pad: int
 ) -> None:
     from array import array
 
     assert store_mod._packer is not None
     arr = array("q", [-5] * pad + sorted(group) + [99] * pad)
-    raw = store_mod._packer.region(arr, pad, pad + len(group), 7, -1, adds, removes)
+    # one object's changes as the store encodes them: object << 64 | entry << 1 | present
+    changes = sorted(9 << 64 | e << 1 | present for e, present in edits.items())
+    raw = store_mod._packer.region(arr, pad, pad + len(group), 7, -1, changes, 0, len(changes))
     out = array("q")
     out.frombytes(raw)
-    # removals first, then additions (a tuple both deleted and written is present)
+    adds = {e for e, present in edits.items() if present}
+    removes = {e for e, present in edits.items() if not present}
     want = sorted((set(group) - removes) | adds)
     assert out.tolist() == [7, -1, len(want), *want]

@@ -98,56 +98,44 @@ done:
     return result;
 }
 
-/* the ints of an iterable, sorted; NULL with an exception, or *n = 0 and a 1-slot buffer */
-static int64_t *sorted_ints(PyObject *it, Py_ssize_t *n)
-{
-    PyObject *fast = PySequence_Fast(it, "region: adds and removes must be iterable");
-    if (!fast)
-        return NULL;
-    Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
-    int64_t *out = PyMem_Malloc((size_t)(len ? len : 1) * 8);
-    if (!out) {
-        Py_DECREF(fast);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < len; i++) {
-        out[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (out[i] == -1 && PyErr_Occurred()) {
-            PyMem_Free(out);
-            Py_DECREF(fast);
-            return NULL;
-        }
-    }
-    Py_DECREF(fast);
-    if (len > 1)
-        qsort(out, (size_t)len, 8, cmp_i64);
-    *n = len;
-    return out;
-}
-
-/* region(arr, lo, hi, ver, prev, adds, removes) -> bytes: an overlay region, the header
- * [ver, prev, n] then arr[lo:hi] without `removes` and with `adds`, sorted and unique. */
+/* region(arr, lo, hi, ver, prev, changes, i, j) -> bytes: an overlay region, the header
+ * [ver, prev, n] then arr[lo:hi] edited by changes[i:j]. Each change is an int whose low 64
+ * bits are `entry << 1 | present` (higher bits: the object, equal within i..j), sorted, so
+ * removals and additions arrive in entry order; the result is sorted and unique. */
 static PyObject *pack_region(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "region(arr, lo, hi, ver, prev, adds, removes)");
+    if (nargs != 8 || !PyList_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "region(arr, lo, hi, ver, prev, changes: list, i, j)");
         return NULL;
     }
     Py_ssize_t lo = PyLong_AsSsize_t(args[1]), hi = PyLong_AsSsize_t(args[2]);
     long long ver = PyLong_AsLongLong(args[3]), prev = PyLong_AsLongLong(args[4]);
+    Py_ssize_t ci = PyLong_AsSsize_t(args[6]), cj = PyLong_AsSsize_t(args[7]);
     if (PyErr_Occurred())
         return NULL;
-    Py_ssize_t na = 0, nr = 0;
-    int64_t *adds = sorted_ints(args[5], &na);
-    if (!adds)
-        return NULL;
-    int64_t *rem = sorted_ints(args[6], &nr);
-    if (!rem) {
-        PyMem_Free(adds);
+    PyObject *changes = args[5];
+    if (ci < 0 || cj < ci || cj > PyList_GET_SIZE(changes)) {
+        PyErr_SetString(PyExc_ValueError, "region: bad change bounds");
         return NULL;
     }
+    Py_ssize_t nc = cj - ci;
+    int64_t *adds = PyMem_Malloc((size_t)(nc ? nc : 1) * 8);
+    int64_t *rem = PyMem_Malloc((size_t)(nc ? nc : 1) * 8);
     PyObject *out = NULL;
+    Py_ssize_t na = 0, nr = 0;
+    if (!adds || !rem) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t c = ci; c < cj; c++) {
+        unsigned long long v = PyLong_AsUnsignedLongLongMask(PyList_GET_ITEM(changes, c));
+        if (v == (unsigned long long)-1 && PyErr_Occurred())
+            goto done;
+        if (v & 1)
+            adds[na++] = (int64_t)(v >> 1);
+        else
+            rem[nr++] = (int64_t)(v >> 1);
+    }
     Py_buffer b;
     if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0)
         goto done;
@@ -195,7 +183,7 @@ done:
 
 static PyMethodDef pack_methods[] = {
     {"region", (PyCFunction)(void (*)(void))pack_region, METH_FASTCALL,
-     "region(arr, lo, hi, ver, prev, adds, removes) -> the bytes of an overlay region"},
+     "region(arr, lo, hi, ver, prev, changes, i, j) -> the bytes of an overlay region"},
     {"build", (PyCFunction)(void (*)(void))pack_build, METH_FASTCALL,
      "build(keys, ents, off, dat) -> entries kept: a packed index from (object, entry) pairs"},
     {NULL, NULL, 0, NULL},

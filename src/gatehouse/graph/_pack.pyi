@@ -2,5 +2,5 @@
 
 def build(keys: object, ents: object, off: object, dat: object, /) -> int: ...
 def region(
-    arr: object, lo: int, hi: int, ver: int, prev: int, adds: object, removes: object, /
+    arr: object, lo: int, hi: int, ver: int, prev: int, changes: list[int], i: int, j: int, /
 ) -> bytes: ...

@@ -68,6 +68,8 @@ _Index: TypeAlias = tuple[
     "array[int]", "array[int]", "dict[int, int]", "list[array[int]]"
 ]  # offsets, entries, overlay refs, overlay chunks
 _CHUNK = 1 << 16  # overlay entries per chunk array (bounds each append's realloc copy)
+_FE_BITS = 56  # forward and reverse entries fit in 56 bits (see the layout above)
+_FE_MASK = (1 << _FE_BITS) - 1
 _LITTLE = sys.byteorder == "little" and array("I").itemsize == 4
 _OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
 _RUN = 1 << 16  # entries or objects per C call while repacking (bounds GIL hold time)
@@ -493,27 +495,34 @@ class GraphStore:
             if not delta.writes and not delta.deletes:
                 return self._publish(_same(cur, revision))
             it = self.interner
-            # Net effect per tuple: deletes first, then writes.
-            net: dict[tuple[int, int, int], bool] = {}
+            # Net effect per tuple (key: oid << 56 | forward entry): deletes, then writes.
+            # Plain ints throughout, not containers per tuple or group: nothing here for a
+            # garbage collection during the delta to walk.
+            net: dict[int, bool] = {}
             with it.lock:
                 for t in delta.deletes:
                     k = _lookup(it, t)
                     if k is not None:
-                        net[k] = False
+                        net[k[0] << _FE_BITS | _fentry(k[1], k[2])] = False
                 for t in delta.writes:
-                    net[_intern(it, t)] = True
-            # oid -> (adds, removes) of forward / reverse entries
-            f_ch: dict[int, tuple[set[int], set[int]]] = {}
-            r_ch: dict[int, tuple[set[int], set[int]]] = {}
+                    oid, rid, sk = _intern(it, t)
+                    net[oid << _FE_BITS | _fentry(rid, sk)] = True
+            # Changes as `object << 64 | entry << 1 | present`, sorted: grouped by object,
+            # in entry order within a group.
+            f_ch: list[int] = []
+            r_ch: list[int] = []
             delta_count = 0
-            for (oid, rid, sk), present in net.items():
-                e = _fentry(rid, sk)
+            for key, present in net.items():
+                oid = key >> _FE_BITS
+                e = key & _FE_MASK
                 if cur.has_entry(oid, e) == present:
                     continue
-                slot = 0 if present else 1
                 delta_count += 1 if present else -1
-                f_ch.setdefault(oid, (set(), set()))[slot].add(e)
-                r_ch.setdefault(sk >> REL_BITS, (set(), set()))[slot].add(_rentry(oid, rid, sk))
+                sk = e & SK_MASK
+                f_ch.append(oid << 64 | e << 1 | present)
+                r_ch.append((sk >> REL_BITS) << 64 | _rentry(oid, e >> F_REL, sk) << 1 | present)
+            f_ch.sort()
+            r_ch.sort()
             # A version no snapshot has read at: regions written with it stay invisible to
             # every published snapshot until the new one is published.
             self._ver += 1
@@ -678,40 +687,49 @@ def _append(
     ovl: list[array[int]],
     ov: dict[int, int],
     block: Callable[[int], tuple[array[int], int, int]],
-    changes: dict[int, tuple[set[int], set[int]]],
+    changes: list[int],
     ver: int,
 ) -> tuple[list[tuple[int, int]], int]:
-    """Write the groups in `changes` (oid -> adds, removes), rebuilt from what `block` reads,
-    as regions of version `ver`; return (oid, ref) pairs to link and the entries written."""
+    """Write the groups `changes` touches (sorted `object << 64 | entry << 1 | present`),
+    rebuilt from what `block` reads, as regions of version `ver`; return (oid, ref) pairs
+    to link and the entries written."""
     refs: list[tuple[int, int]] = []
     size = 0
     get = ov.get
-    if _packer is not None:
-        build = _packer.region
-        for oid, (adds, removes) in changes.items():
-            arr, lo, hi = block(oid)
-            region = build(arr, lo, hi, ver, get(oid, -1), adds, removes)
+    n = len(changes)
+    i = 0
+    while i < n:
+        oid = changes[i] >> 64
+        j = bisect_left(changes, (oid + 1) << 64, i)
+        arr, lo, hi = block(oid)
+        if _packer is not None:
+            region = _packer.region(arr, lo, hi, ver, get(oid, -1), changes, i, j)
             refs.append((oid, _put_bytes(ovl, region)))
             size += len(region) >> 3
-        return refs, size
-    for oid, (adds, removes) in changes.items():
-        arr, lo, hi = block(oid)
+            i = j
+            continue
         # The region is built in one array, header first: copy the group after it (one C
         # call), then edit in place: removals and insertions are each a bisect and a
-        # memmove, so a big group (an org's 10,000 funds) stays cheap.
+        # memmove, so a big group (an org's 10,000 funds) stays cheap. Removals first.
         new = array("q", (ver, get(oid, -1), 0))
         new.extend(arr[lo:hi])
-        for x in removes:
-            i = bisect_left(new, x, 3)
-            if i < len(new) and new[i] == x:
-                del new[i]
-        for x in sorted(adds) if len(adds) > 1 else adds:
-            i = bisect_left(new, x, 3)
-            if i == len(new) or new[i] != x:
-                new.insert(i, x)
+        edits = changes[i:j]
+        for c in edits:
+            if not c & 1:
+                x = (c >> 1) & _FE_MASK
+                k = bisect_left(new, x, 3)
+                if k < len(new) and new[k] == x:
+                    del new[k]
+        for c in edits:
+            if c & 1:
+                x = (c >> 1) & _FE_MASK
+                k = bisect_left(new, x, 3)
+                if k == len(new) or new[k] != x:
+                    new.insert(k, x)
         new[2] = len(new) - 3
         refs.append((oid, _put_head(ovl, new)))
         size += len(new)
+        i = j
     return refs, size
 
 
