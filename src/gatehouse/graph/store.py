@@ -72,7 +72,7 @@ _FE_BITS = 56  # forward and reverse entries fit in 56 bits (see the layout abov
 _FE_MASK = (1 << _FE_BITS) - 1
 _LITTLE = sys.byteorder == "little" and array("I").itemsize == 4
 _OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
-_RUN = 1 << 16  # entries or objects per C call while repacking (bounds GIL hold time)
+_RUN = 1 << 14  # entries or objects per C call while repacking (bounds GIL hold time)
 # Overlay groups that trigger a compaction at most: the steps over the overlay's keys that
 # are single C calls (copying the key list) stay well under a millisecond.
 _MAX_OVERLAY = 1 << 16

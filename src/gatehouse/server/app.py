@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import threading
@@ -88,6 +89,27 @@ def freeze_heap_once() -> bool:
     return True
 
 
+def map_large_allocations(threshold: int = 1 << 20) -> bool:
+    """Ask glibc's malloc to serve every allocation of `threshold` bytes or more with its own
+    mapping (`mallopt(M_MMAP_THRESHOLD)`); return whether it took effect.
+
+    The graph's packed arrays grow by `realloc`. By default glibc raises its mmap threshold
+    as large blocks are freed (up to 32 MiB), so arrays of a few MiB end up on the heap, and
+    growing one copies it whole in one C call with the GIL held: milliseconds in which no RPC
+    runs. A mapped block grows by `mremap`, which moves pages instead of bytes. A no-op off
+    glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+
+
+_M_MMAP_THRESHOLD = -3
+
+
 def _watch_ready(
     state: DecisionState,
     hs: health.HealthServicer,
@@ -149,7 +171,9 @@ def serve(
     rejected bundles. All three are created when not given and are on the handle.
     `so_reuseport` lets several processes share the `listen` port (`serve --workers N`).
     `gc_freeze`: when the state first becomes ready, `freeze_heap_once()` (once per process),
-    so full garbage collections stop walking the loaded graph.
+    so full garbage collections stop walking the loaded graph; and, at once,
+    `map_large_allocations()`, so growing a large array never copies it (both are tunings of
+    a process that exists to serve; False leaves the interpreter and allocator alone).
     `fast_path`: serve Check, CheckBatch and Ping on one thread of their own
     (`gatehouse.server.fastpath`), the other methods on the `max_workers` pool; False (or a
     grpcio without the needed internals) serves everything on the pool.
@@ -158,6 +182,8 @@ def serve(
         raise ValueError("nothing to listen on: give listen and/or unix")
     if max_data_age is not None and max_data_age <= 0:
         raise ValueError("max_data_age must be > 0 seconds")
+    if gc_freeze:
+        map_large_allocations()
     freshness = freshness if freshness is not None else Freshness()
     policy_freshness = policy_freshness if policy_freshness is not None else Freshness()
     rejections = rejections if rejections is not None else RejectionLog()
