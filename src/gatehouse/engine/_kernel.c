@@ -919,7 +919,14 @@ static int Program_traverse(Program *self, visitproc visit, void *arg)
     Py_VISIT(self->obj_type);
     Py_VISIT(self->subject_str);
     Py_VISIT(self->rel_parts);
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->depth_exc);
+    Py_VISIT(self->depth_msg);
     Py_VISIT(self->snap);
+    Py_VISIT(self->f.ov);
+    Py_VISIT(self->f.ovl);
+    Py_VISIT(self->r.ov);
+    Py_VISIT(self->r.ovl);
     return 0;
 }
 
