@@ -409,7 +409,8 @@ class GraphStore:
     previous value is restored afterwards. None leaves the interpreter setting alone.
 
     Compaction (folding the overlay into a new packed base once it holds more groups than
-    `min_compaction` or `compaction_ratio` of the objects) runs on a background thread when
+    `min_compaction` and `compaction_ratio` of the objects, capped at 2^16 groups, or more
+    entries than 1/8 of the base's) runs on a background thread when
     `background_compaction` is true, so `apply` never pays for it: the thread packs a
     snapshot's base and overlay, then, under the write lock, publishes the new base with
     the groups changed since that snapshot as its overlay (same revision, same contents).
