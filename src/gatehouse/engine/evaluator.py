@@ -248,16 +248,7 @@ class Evaluator:
                 if kern is not None:
                     reason = kern.run(snap, prog.knodes[fn], oid, sk, wk, held[2], held[1])
                 else:
-                    fq = _FastQuery(
-                        snap,
-                        sk,
-                        wk,
-                        prog.closure_rids,
-                        self.max_depth,
-                        held[1],
-                        self.closure_cache,
-                    )
-                    reason = fn(fq, oid)
+                    reason = fn(_FastQuery(snap, sk, wk, held[2], self.max_depth), oid)
             except _Fallback:
                 pass
             else:
@@ -1043,19 +1034,16 @@ class _FastQuery:
     and the subject's userset closure (computed on first need)."""
 
     __slots__ = (
-        "cache",
         "closure",
         "f_dat",
         "f_off",
         "f_ov",
         "f_ovl",
-        "limit",
+        "lookup",
         "max_depth",
         "memo",
         "nf",
-        "rids",
         "sk",
-        "snap",
         "truncated",
         "ver",
         "wk",
@@ -1066,14 +1054,12 @@ class _FastQuery:
         snap: Snapshot,
         sk: int,
         wk: int,
-        rids: list[int],
+        lookup: Callable[[int, int], tuple[set[int], bool]],
         max_depth: int,
-        cache: dict[tuple[int, int], tuple[set[int], bool]] | None = None,
-        limit: int = 0,
     ) -> None:
-        self.snap = snap
-        self.cache = cache
-        self.limit = limit
+        """`lookup(sk, wk)`: the subject's closure and whether it was cut at the depth limit
+        (the evaluator's per-snapshot table, `Evaluator._closures`)."""
+        self.lookup = lookup
         self.f_ov = snap.f_ov
         self.f_ovl = snap.f_ovl
         self.ver = snap.ver
@@ -1082,7 +1068,6 @@ class _FastQuery:
         self.nf = snap.nf
         self.sk = sk
         self.wk = wk
-        self.rids = rids
         self.max_depth = max_depth
         self.closure: set[int] | None = None
         self.truncated = False
@@ -1092,16 +1077,7 @@ class _FastQuery:
         """The subject's closure (never mutated: it may be shared through the cache)."""
         c = self.closure
         if c is None:
-            cache = self.cache
-            key = (self.sk, self.wk)
-            hit = None if cache is None else cache.get(key)
-            if hit is None:
-                hit = _closure_packed(self.snap, self.sk, self.wk, self.rids, self.max_depth)
-                if cache is not None:
-                    if len(cache) >= self.limit:
-                        cache.clear()
-                    cache[key] = hit
-            c, self.truncated = hit
+            c, self.truncated = self.lookup(self.sk, self.wk)
             self.closure = c
         return c
 
