@@ -452,6 +452,18 @@ static int target_of(Query *q, Node *nd, int64_t toid)
     return t;
 }
 
+/* the children in order: the first answer (or error) wins */
+static PyObject *run_kids(Query *q, Node *nd, const int64_t *arr, Py_ssize_t lo, Py_ssize_t hi)
+{
+    for (int k = 0; k < nd->nkids; k++) {
+        PyObject *r = run_node(q, nd->kids[k], arr, lo, hi);
+        if (r != Py_None)
+            return r;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *run_arrow(Query *q, Node *nd, const int64_t *arr, Py_ssize_t lo, Py_ssize_t hi)
 {
     Py_ssize_t a = bisect(arr, nd->base, lo, hi);
@@ -478,16 +490,8 @@ static PyObject *run_multi(Query *q, Node *nd, const int64_t *arr, Py_ssize_t lo
     Py_ssize_t a = bisect(arr, nd->base, lo, hi);
     if (a == hi || arr[a] >= nd->ubase)
         Py_RETURN_NONE;
-    if (a + 1 < hi && arr[a + 1] < nd->ubase) {
-        /* several targets: each arrow in turn */
-        for (int k = 0; k < nd->nkids; k++) {
-            PyObject *r = run_node(q, nd->kids[k], arr, lo, hi);
-            if (r != Py_None)
-                return r;
-            Py_DECREF(r);
-        }
-        Py_RETURN_NONE;
-    }
+    if (a + 1 < hi && arr[a + 1] < nd->ubase)
+        return run_kids(q, nd, arr, lo, hi); /* several targets: each arrow in turn */
     int64_t toid = (arr[a] & SK_MASK) >> REL_BITS;
     int t = target_of(q, nd, toid);
     if (t == -2)
@@ -504,13 +508,7 @@ static PyObject *run_node(Query *q, int idx, const int64_t *arr, Py_ssize_t lo, 
     case K_REL:
         return run_rel(q, nd, arr, lo, hi);
     case K_UNION:
-        for (int k = 0; k < nd->nkids; k++) {
-            PyObject *r = run_node(q, nd->kids[k], arr, lo, hi);
-            if (r != Py_None)
-                return r;
-            Py_DECREF(r);
-        }
-        Py_RETURN_NONE;
+        return run_kids(q, nd, arr, lo, hi);
     case K_ARROW:
         return run_arrow(q, nd, arr, lo, hi);
     case K_MULTI:
