@@ -664,10 +664,7 @@ def put_region(ovl: list[array[int]], ver: int, prev: int, group: array[int]) ->
 
 def _put_head(ovl: list[array[int]], region: array[int]) -> int:
     """Append a whole region (its 3-entry header included) to the last chunk or a new one."""
-    c = ovl[-1]
-    if c and len(c) + len(region) > _CHUNK:
-        c = array("q")
-        ovl.append(c)
+    c = _chunk_for(ovl, len(region))
     start = len(c)
     c.extend(region)
     return (len(ovl) - 1) << 32 | start
@@ -675,13 +672,20 @@ def _put_head(ovl: list[array[int]], region: array[int]) -> int:
 
 def _put_bytes(ovl: list[array[int]], region: bytes) -> int:
     """`_put_head` for a region given as the bytes of its 8-byte entries."""
-    c = ovl[-1]
-    if c and len(c) + (len(region) >> 3) > _CHUNK:
-        c = array("q")
-        ovl.append(c)
+    c = _chunk_for(ovl, len(region) >> 3)
     start = len(c)
     c.frombytes(region)
     return (len(ovl) - 1) << 32 | start
+
+
+def _chunk_for(ovl: list[array[int]], n: int) -> array[int]:
+    """The chunk a region of `n` entries goes to: the last, or a new one if it would
+    overflow `_CHUNK` (a region never spans chunks; an oversized one gets its own)."""
+    c = ovl[-1]
+    if c and len(c) + n > _CHUNK:
+        c = array("q")
+        ovl.append(c)
+    return c
 
 
 def _append(
