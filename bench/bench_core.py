@@ -271,6 +271,7 @@ def run_size(target: int, args: argparse.Namespace) -> dict[str, float]:
     stall_plain = 0  # during deltas that did not compact the overlay into the base
     stall_any = 0
     stall_idle = 0  # control: gaps that overlap no apply (GC, the OS scheduler, the machine)
+    inside: list[int] = []  # every gap that overlaps an apply
     wi = 0
     for a, b in itertools.pairwise(stamps):
         gap = b - a
@@ -278,24 +279,19 @@ def run_size(target: int, args: argparse.Namespace) -> dict[str, float]:
         while wi < len(windows) and windows[wi][1] < a:
             wi += 1
         if wi < len(windows) and windows[wi][0] <= b:
+            inside.append(gap)
             stall = max(stall, gap)
             if not compacted[wi]:
                 stall_plain = max(stall_plain, gap)
         elif windows[0][0] <= a:
             stall_idle = max(stall_idle, gap)
     r["stall_ms"] = stall / 1e6
-    inside = sorted(
-        b - a
-        for a, b in itertools.pairwise(stamps)
-        if any(w0 <= b and a <= w1 for w0, w1 in windows)
-    )
-    r["stall_p99_ms"] = inside[int(0.99 * (len(inside) - 1))] / 1e6 if inside else 0.0
+    r["stall_p99_ms"] = pct(inside, 99) / 1e6 if inside else 0.0
     # The machine's floor in the same run: the same kind of reader against pure-Python
     # bursts as long as a median apply, at the same lowered switch interval.
     fin, _ = gil_floor(len(deltas), max(1.0, r["delta_p50"]), 0.5)
-    fin.sort()
-    r["floor_max_ms"] = fin[-1] / 1e6 if fin else 0.0
-    r["floor_p99_ms"] = fin[int(0.99 * (len(fin) - 1))] / 1e6 if fin else 0.0
+    r["floor_max_ms"] = max(fin, default=0) / 1e6
+    r["floor_p99_ms"] = pct(fin, 99) / 1e6 if fin else 0.0
     r["stall_plain_ms"] = stall_plain / 1e6
     r["stall_any_ms"] = stall_any / 1e6
     r["stall_idle_ms"] = stall_idle / 1e6
