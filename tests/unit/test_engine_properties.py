@@ -172,11 +172,13 @@ def compare(ev: Evaluator, snap: Snapshot, tuples: list[str], explain_every: int
 
 
 @SETTINGS
-@given(tuples=tuple_lists(), compact=st.booleans())
-def test_engine_matches_oracle(tuples: list[str], compact: bool) -> None:
+@given(tuples=tuple_lists(), compact=st.booleans(), native=st.booleans())
+def test_engine_matches_oracle(tuples: list[str], compact: bool, native: bool) -> None:
+    # native=False: the Python nodes and the Python set algebra of list-allowed, the
+    # fallback of installs without the C kernel
     store = GraphStore(min_compaction=0 if compact else 4096)
     snap = store.load(tuples, revision=1)
-    compare(Evaluator(COMPILED), snap, tuples)
+    compare(Evaluator(COMPILED, native=native), snap, tuples)
 
 
 @SETTINGS
@@ -185,9 +187,10 @@ def test_engine_matches_oracle(tuples: list[str], compact: bool) -> None:
     writes=tuple_lists(max_size=15),
     data=st.data(),
     compact=st.booleans(),
+    native=st.booleans(),
 )
 def test_engine_matches_oracle_after_delta(
-    tuples: list[str], writes: list[str], data: st.DataObject, compact: bool
+    tuples: list[str], writes: list[str], data: st.DataObject, compact: bool, native: bool
 ) -> None:
     store = GraphStore(min_compaction=0 if compact else 4096)
     store.load(tuples, revision=1)
@@ -198,7 +201,7 @@ def test_engine_matches_oracle_after_delta(
     after = sorted((set(tuples) - set(deletes)) | set(writes))
     assert sorted(snap.tuples()) == after
     assert snap.count == len(after)
-    ev = Evaluator(COMPILED)
+    ev = Evaluator(COMPILED, native=native)
     compare(ev, snap, after)
     # A second delta that undoes part of the first.
     more = data.draw(st.lists(st.sampled_from(after), max_size=10)) if after else []
@@ -232,7 +235,7 @@ def dense_groups(draw: st.DrawFn) -> list[str]:
 
 
 @SETTINGS
-@given(tuples=dense_groups())
-def test_engine_matches_oracle_dense_group_cycles(tuples: list[str]) -> None:
+@given(tuples=dense_groups(), native=st.booleans())
+def test_engine_matches_oracle_dense_group_cycles(tuples: list[str], native: bool) -> None:
     snap = GraphStore().load(tuples, revision=1)
-    compare(Evaluator(COMPILED), snap, tuples, explain_every=3)
+    compare(Evaluator(COMPILED, native=native), snap, tuples, explain_every=3)

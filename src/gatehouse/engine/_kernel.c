@@ -973,11 +973,404 @@ static PyObject *Program_closure(Program *self, PyObject *const *args, Py_ssize_
     return Py_BuildValue("(NO)", set, truncated ? Py_True : Py_False);
 }
 
+/* ---- list-allowed: oid sets as bytes of sorted, distinct native int64 ------------------- */
+
+/* Sort v[0:n] (values in [0, 2^33)) and drop repeats; tmp has room for n. The new length. */
+static Py_ssize_t sort_unique(int64_t *v, Py_ssize_t n, int64_t *tmp)
+{
+    Py_ssize_t i = 1;
+    while (i < n && v[i - 1] <= v[i])
+        i++;
+    if (i < n && n < 48) {
+        for (i = 1; i < n; i++) {
+            int64_t x = v[i];
+            Py_ssize_t j = i;
+            for (; j > 0 && v[j - 1] > x; j--)
+                v[j] = v[j - 1];
+            v[j] = x;
+        }
+    } else if (i < n) {
+        /* LSD radix sort, three passes of 11 bits: linear, where qsort would be n log n
+         * calls through a comparator */
+        Py_ssize_t cnt[2048];
+        int64_t *src = v, *dst = tmp;
+        for (int shift = 0; shift < 33; shift += 11) {
+            memset(cnt, 0, sizeof cnt);
+            for (i = 0; i < n; i++)
+                cnt[(src[i] >> shift) & 2047]++;
+            Py_ssize_t at = 0;
+            for (int d = 0; d < 2048; d++) {
+                Py_ssize_t c = cnt[d];
+                cnt[d] = at;
+                at += c;
+            }
+            for (i = 0; i < n; i++)
+                dst[cnt[(src[i] >> shift) & 2047]++] = src[i];
+            int64_t *t = src;
+            src = dst;
+            dst = t;
+        }
+        if (src != v)
+            memcpy(v, src, (size_t)n * 8);
+    }
+    Py_ssize_t m = 0;
+    for (i = 0; i < n; i++)
+        if (m == 0 || v[m - 1] != v[i])
+            v[m++] = v[i];
+    return m;
+}
+
+/* The set in vec x (sorted and deduplicated here) as bytes; frees x. */
+static PyObject *vec_bytes(Vec *x)
+{
+    PyObject *out = NULL;
+    int64_t *tmp = x->n >= 48 ? PyMem_Malloc((size_t)x->n * 8) : NULL;
+    if (x->n >= 48 && !tmp)
+        PyErr_NoMemory();
+    else
+        out = PyBytes_FromStringAndSize((const char *)x->v, sort_unique(x->v, x->n, tmp) * 8);
+    PyMem_Free(tmp);
+    PyMem_Free(x->v);
+    x->v = NULL;
+    x->n = x->cap = 0;
+    return out;
+}
+
+static int vec_extend(Vec *x, const int64_t *v, Py_ssize_t n)
+{
+    if (x->n + n > x->cap) {
+        Py_ssize_t cap = x->cap ? x->cap : 16;
+        while (cap < x->n + n)
+            cap *= 2;
+        int64_t *nv = PyMem_Realloc(x->v, (size_t)cap * 8);
+        if (!nv) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        x->v = nv;
+        x->cap = cap;
+    }
+    memcpy(x->v + x->n, v, (size_t)n * 8);
+    x->n += n;
+    return 0;
+}
+
+/* Appends to x the oids of the resources holding relation `rid` to subject key
+ * (oid << REL_BITS | srel): one run of the subject's reverse group. */
+static int rev_run(const View *r, int64_t ver, int64_t oid, int64_t srel, int64_t rid, Vec *x)
+{
+    const int64_t *arr;
+    Py_ssize_t lo, hi;
+    int64_t *copy;
+    if (group(r, ver, oid, &arr, &lo, &hi, &copy) < 0)
+        return -1;
+    int64_t start = ((srel << REL_BITS) | rid) << 32, stop = start + (1LL << 32);
+    Py_ssize_t a = bisect(arr, start, lo, hi);
+    Py_ssize_t b = a < hi && arr[a] < stop ? bisect(arr, stop, a, hi) : a;
+    int rc = 0;
+    if (b > a) {
+        Py_ssize_t n0 = x->n;
+        rc = vec_extend(x, arr + a, b - a);
+        for (Py_ssize_t i = n0; rc == 0 && i < x->n; i++)
+            x->v[i] -= start;
+    }
+    PyMem_Free(copy);
+    return rc;
+}
+
+static int read_set(PyObject *o, Py_buffer *b)
+{
+    if (!PyBytes_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "kernel: an oid set is bytes");
+        return -1;
+    }
+    return get_buf(o, b, 8);
+}
+
+/* revs(snap, oids, srel, rid) -> bytes: every resource holding `rid` to a subject
+ * (o << REL_BITS | srel) for o in the set `oids`. */
+static PyObject *Program_revs(Program *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "revs(snap, oids, srel, rid)");
+        return NULL;
+    }
+    long long srel = PyLong_AsLongLong(args[2]);
+    long long rid = PyLong_AsLongLong(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (srel < 0 || srel > REL_MASK || rid < 0 || rid > REL_MASK) {
+        PyErr_SetString(PyExc_ValueError, "kernel: relation id out of range");
+        return NULL;
+    }
+    Py_buffer in;
+    if (read_set(args[1], &in) < 0)
+        return NULL;
+    if (bind_snap(self, args[0]) < 0) {
+        PyBuffer_Release(&in);
+        return NULL;
+    }
+    PyObject *snap = Py_NewRef(self->snap);
+    View r = view_of(&self->r);
+    const int64_t *oids = in.buf;
+    Vec x = {0};
+    PyObject *out = NULL;
+    Py_ssize_t i = 0, n = in.len / 8;
+    for (; i < n; i++)
+        if (rev_run(&r, self->ver, oids[i], srel, rid, &x) < 0)
+            break;
+    if (i == n)
+        out = vec_bytes(&x);
+    PyMem_Free(x.v);
+    PyBuffer_Release(&in);
+    Py_DECREF(snap);
+    return out;
+}
+
+/* closure(snap, seeds, rid) -> bytes: the seeds and every group reached from them through
+ * the nested userset `rid` (group:g#rel holding rel), breadth-first so cycles end; more
+ * than max_depth levels raises the depth error. */
+static PyObject *Program_nested(Program *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "nested(snap, seeds, rid)");
+        return NULL;
+    }
+    long long rid = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (rid < 0 || rid > REL_MASK) {
+        PyErr_SetString(PyExc_ValueError, "kernel: relation id out of range");
+        return NULL;
+    }
+    Py_buffer in;
+    if (read_set(args[1], &in) < 0)
+        return NULL;
+    if (bind_snap(self, args[0]) < 0) {
+        PyBuffer_Release(&in);
+        return NULL;
+    }
+    PyObject *snap = Py_NewRef(self->snap);
+    View r = view_of(&self->r);
+    Vec all = {0}, front = {0}, got = {0}, seen = {0};
+    Py_ssize_t count = 0, n = in.len / 8;
+    PyObject *out = NULL;
+    const int64_t *seeds = in.buf;
+    int level = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (set_add(&seen, &count, seeds[i]) < 0)
+            goto done;
+    if (vec_extend(&all, seeds, n) < 0 || vec_extend(&front, seeds, n) < 0)
+        goto done;
+    while (front.n) {
+        if (++level > self->max_depth) {
+            PyErr_SetObject(self->depth_exc, self->depth_msg);
+            goto done;
+        }
+        got.n = 0;
+        for (Py_ssize_t i = 0; i < front.n; i++)
+            if (rev_run(&r, self->ver, front.v[i], rid, rid, &got) < 0)
+                goto done;
+        front.n = 0;
+        for (Py_ssize_t i = 0; i < got.n; i++) {
+            int added = set_add(&seen, &count, got.v[i]);
+            if (added < 0 || (added && (vec_push(&front, got.v[i]) < 0 ||
+                                        vec_push(&all, got.v[i]) < 0)))
+                goto done;
+        }
+    }
+    out = vec_bytes(&all);
+done:
+    PyMem_Free(all.v);
+    PyMem_Free(front.v);
+    PyMem_Free(got.v);
+    PyMem_Free(seen.v);
+    PyBuffer_Release(&in);
+    Py_DECREF(snap);
+    return out;
+}
+
+/* Merges sorted, distinct a[0:na] and b[0:nb] into out (room for na + nb); its length. */
+static Py_ssize_t merge2(const int64_t *a, Py_ssize_t na, const int64_t *b, Py_ssize_t nb,
+                         int64_t *out)
+{
+    Py_ssize_t i = 0, j = 0, m = 0;
+    while (i < na && j < nb) {
+        int64_t x = a[i], y = b[j];
+        out[m++] = x < y ? x : y;
+        i += x <= y;
+        j += y <= x;
+    }
+    memcpy(out + m, a + i, (size_t)(na - i) * 8);
+    m += na - i;
+    memcpy(out + m, b + j, (size_t)(nb - j) * 8);
+    return m + nb - j;
+}
+
+/* union(sets) -> bytes: the sets merged shortest first, so a large set is walked once
+ * per merge it takes part in (usually one: a few small sets beside one large). */
+static PyObject *kernel_union(PyObject *mod, PyObject *arg)
+{
+    PyObject *fast = PySequence_Fast(arg, "union: expected a sequence of oid sets");
+    if (!fast)
+        return NULL;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(fast), nonempty = 0, total = 0;
+    PyObject *only = NULL;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *s = PySequence_Fast_GET_ITEM(fast, i);
+        if (!PyBytes_Check(s) || PyBytes_GET_SIZE(s) % 8) {
+            Py_DECREF(fast);
+            PyErr_SetString(PyExc_TypeError, "union: an oid set is bytes of int64");
+            return NULL;
+        }
+        if (PyBytes_GET_SIZE(s)) {
+            nonempty++;
+            total += PyBytes_GET_SIZE(s) / 8;
+            only = s;
+        }
+    }
+    if (nonempty <= 1) { /* already a set: share it */
+        PyObject *r = only ? Py_NewRef(only) : PyBytes_FromStringAndSize(NULL, 0);
+        Py_DECREF(fast);
+        return r;
+    }
+    PyObject **parts = PyMem_Malloc((size_t)nonempty * sizeof(PyObject *));
+    int64_t *acc = PyMem_Malloc((size_t)total * 8), *tmp = PyMem_Malloc((size_t)total * 8);
+    PyObject *r = NULL;
+    if (!parts || !acc || !tmp) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t np = 0;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *s = PySequence_Fast_GET_ITEM(fast, i);
+        if (PyBytes_GET_SIZE(s)) { /* insertion by size: k is small */
+            Py_ssize_t j = np++;
+            for (; j > 0 && PyBytes_GET_SIZE(parts[j - 1]) > PyBytes_GET_SIZE(s); j--)
+                parts[j] = parts[j - 1];
+            parts[j] = s;
+        }
+    }
+    Py_ssize_t m = PyBytes_GET_SIZE(parts[0]) / 8;
+    memcpy(acc, PyBytes_AS_STRING(parts[0]), (size_t)m * 8);
+    for (Py_ssize_t i = 1; i < np; i++) {
+        m = merge2(acc, m, (const int64_t *)PyBytes_AS_STRING(parts[i]),
+                   PyBytes_GET_SIZE(parts[i]) / 8, tmp);
+        int64_t *t = acc;
+        acc = tmp;
+        tmp = t;
+    }
+    r = PyBytes_FromStringAndSize((const char *)acc, m * 8);
+done:
+    PyMem_Free(parts);
+    PyMem_Free(acc);
+    PyMem_Free(tmp);
+    Py_DECREF(fast);
+    return r;
+}
+
+/* intersect(a, b) -> bytes: merge, or binary search in the longer when much shorter */
+static PyObject *kernel_intersect(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        PyBytes_GET_SIZE(args[0]) % 8 || PyBytes_GET_SIZE(args[1]) % 8) {
+        PyErr_SetString(PyExc_TypeError, "intersect(a: bytes, b: bytes)");
+        return NULL;
+    }
+    PyObject *sa = args[0], *sb = args[1];
+    if (PyBytes_GET_SIZE(sa) > PyBytes_GET_SIZE(sb)) {
+        PyObject *t = sa;
+        sa = sb;
+        sb = t;
+    }
+    const int64_t *a = (const int64_t *)PyBytes_AS_STRING(sa);
+    const int64_t *b = (const int64_t *)PyBytes_AS_STRING(sb);
+    Py_ssize_t na = PyBytes_GET_SIZE(sa) / 8, nb = PyBytes_GET_SIZE(sb) / 8, m = 0;
+    int64_t *out = PyMem_Malloc((size_t)(na ? na : 1) * 8);
+    if (!out)
+        return PyErr_NoMemory();
+    if (na * 16 < nb) {
+        Py_ssize_t lo = 0;
+        for (Py_ssize_t i = 0; i < na; i++) {
+            lo = bisect(b, a[i], lo, nb);
+            if (lo < nb && b[lo] == a[i])
+                out[m++] = a[i];
+        }
+    } else {
+        for (Py_ssize_t i = 0, j = 0; i < na && j < nb;) {
+            if (a[i] < b[j])
+                i++;
+            else if (a[i] > b[j])
+                j++;
+            else {
+                out[m++] = a[i];
+                i++;
+                j++;
+            }
+        }
+    }
+    PyObject *r = PyBytes_FromStringAndSize((const char *)out, m * 8);
+    PyMem_Free(out);
+    return r;
+}
+
+/* names(names, oids, cut) -> list[str]: names[o] for o in the set, sorted as str sorts,
+ * each without its first `cut` characters */
+static PyObject *kernel_names(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t cut = nargs == 3 ? PyLong_AsSsize_t(args[2]) : -1;
+    if (cut == -1 && PyErr_Occurred())
+        return NULL;
+    if (nargs != 3 || cut < 0 || !PyList_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        PyBytes_GET_SIZE(args[1]) % 8) {
+        PyErr_SetString(PyExc_TypeError, "names(names: list[str], oids: bytes, cut: int)");
+        return NULL;
+    }
+    const int64_t *o = (const int64_t *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[1]) / 8, size = PyList_GET_SIZE(args[0]);
+    PyObject *out = PyList_New(n);
+    if (!out)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (o[i] < 0 || o[i] >= size) {
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_IndexError, "names: object id out of range");
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, Py_NewRef(PyList_GET_ITEM(args[0], o[i])));
+    }
+    /* list.sort itself: its str comparison is specialised and it finds presorted runs */
+    if (PyList_Sort(out) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; cut && i < n; i++) {
+        PyObject *nm = PyList_GET_ITEM(out, i);
+        if (!PyUnicode_Check(nm)) {
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_TypeError, "names: a name is not a str");
+            return NULL;
+        }
+        PyObject *id = PyUnicode_Substring(nm, cut, PY_SSIZE_T_MAX);
+        if (!id) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, id);
+        Py_DECREF(nm);
+    }
+    return out;
+}
+
 static PyMethodDef Program_methods[] = {
     {"run", (PyCFunction)(void (*)(void))Program_run, METH_FASTCALL,
      "run(snap, entry, oid, sk, wk, members, cache) -> reason or None"},
     {"closure", (PyCFunction)(void (*)(void))Program_closure, METH_FASTCALL,
      "closure(snap, sk, wk) -> (userset keys, truncated)"},
+    {"revs", (PyCFunction)(void (*)(void))Program_revs, METH_FASTCALL,
+     "revs(snap, oids, srel, rid) -> the resources holding rid to any (oid, srel)"},
+    {"nested", (PyCFunction)(void (*)(void))Program_nested, METH_FASTCALL,
+     "nested(snap, seeds, rid) -> the seeds and the groups nested in them through rid"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1060,6 +1453,11 @@ static PyObject *kernel_find(PyObject *mod, PyObject *const *args, Py_ssize_t na
 static PyMethodDef kernel_methods[] = {
     {"find", (PyCFunction)(void (*)(void))kernel_find, METH_FASTCALL,
      "find(interner, name) -> the oid of name, or -1"},
+    {"union", (PyCFunction)kernel_union, METH_O, "union(sets) -> their union"},
+    {"intersect", (PyCFunction)(void (*)(void))kernel_intersect, METH_FASTCALL,
+     "intersect(a, b) -> their intersection"},
+    {"names", (PyCFunction)(void (*)(void))kernel_names, METH_FASTCALL,
+     "names(names, oids, cut) -> the names of the oids, sorted, less cut characters"},
     {NULL, NULL, 0, NULL},
 };
 

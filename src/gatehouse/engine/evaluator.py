@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from functools import partial
 from typing import NamedTuple
 
 from gatehouse.graph.store import (
@@ -116,7 +117,7 @@ class _Query:
         "memo",
         "partial",
         "path",
-        "revs",
+        "sets",
         "sk",
         "snap",
         "truncated",
@@ -138,12 +139,12 @@ class _Query:
         self.cut = False
         self.excluded = False
         # list-allowed fixpoint state
-        self.done: dict[int, set[int]] = {}
-        self.partial: dict[int, set[int]] = {}
+        self.done: dict[int, bytes] = {}
+        self.partial: dict[int, bytes] = {}
         self.active: set[int] = set()
         self.cyclic = False
         self.changed = False
-        self.revs: dict[int, array[int]] = {}  # list-allowed: decoded reverse runs
+        self.sets = _PY_SETS  # list-allowed's set algebra
 
 
 class Evaluator:
@@ -180,6 +181,7 @@ class Evaluator:
         self._closure_keys = _closure_relations(schema)
         self._rid_plans: dict[int, tuple[Plan | None, bool]] = {}
         self._prog: _Program | None = None
+        self._py_sets = _python_sets(max_depth)
 
     # validation ----------------------------------------------------------------
     def _resolve(self, type_name: str, permission: str) -> Plan:
@@ -657,10 +659,28 @@ class Evaluator:
         self, snap: Snapshot, subject: SubjectRef, permission: str, resource_type: str
     ) -> list[str]:
         """Every id of `resource_type` on which `subject` holds `permission`, sorted. Complete."""
+        return self._list_allowed(snap, subject, permission, resource_type, len(resource_type) + 1)
+
+    def list_allowed_names(
+        self, snap: Snapshot, subject: SubjectRef, permission: str, resource_type: str
+    ) -> list[str]:
+        """`list_allowed` as object names (`type:id`), sorted the same way (every name has
+        the same prefix): for a server, which sends names, so the ids need not be cut out
+        and prefixed again."""
+        return self._list_allowed(snap, subject, permission, resource_type, 0)
+
+    def _list_allowed(
+        self, snap: Snapshot, subject: SubjectRef, permission: str, resource_type: str, cut: int
+    ) -> list[str]:
         plan = self._resolve(resource_type, permission)
         q = self._subject_query(snap, subject)
         if q.sk < 0 and q.wk < 0:
             return []
+        it = snap.interner
+        prog = self._prog
+        if prog is None or prog.stale(it):
+            prog = self._program(it)
+        q.sets = prog.sets or self._py_sets
         while True:
             q.done = {}
             q.changed = False
@@ -668,21 +688,16 @@ class Evaluator:
             oids = self._lookup_memo(q, resource_type, plan)
             if not (q.cyclic and q.changed):
                 break
-        if not oids:
-            return []
-        # All names share the "type:" prefix, so sorting names sorts ids; C-level loops.
-        names = snap.interner.names
-        picked = itemgetter(*oids)(names) if len(oids) > 1 else (names[next(iter(oids))],)
-        return list(map(itemgetter(slice(len(resource_type) + 1, None)), sorted(picked)))
+        return q.sets.names(it.names, oids, cut) if oids else []
 
-    def _lookup_memo(self, q: _Query, tname: str, plan: Plan) -> set[int]:
+    def _lookup_memo(self, q: _Query, tname: str, plan: Plan) -> bytes:
         k = id(plan)
         hit = q.done.get(k)
         if hit is not None:
             return hit
         if k in q.active:
             q.cyclic = True
-            return q.partial.get(k, set())
+            return q.partial.get(k, b"")
         if len(q.active) >= self.max_depth:
             raise DepthExceeded(f"graph nested deeper than {self.max_depth} levels")
         q.active.add(k)
@@ -696,18 +711,20 @@ class Evaluator:
         q.done[k] = res
         return res
 
-    def _lookup(self, q: _Query, tname: str, plan: Plan) -> set[int]:
+    def _lookup(self, q: _Query, tname: str, plan: Plan) -> bytes:
+        """The oids of `tname` on which q's subject holds `plan`, as an oid set (`_Sets`)."""
         snap = q.snap
+        sets = q.sets
         it = snap.interner
         if isinstance(plan, RelPlan):
             rid = it.rids.get(plan.key)
             if rid is None:
-                return set()
-            res: set[int] = set()
-            if q.sk >= 0:
-                res.update(snap.rev(q.sk << REL_BITS | rid))
-            if q.wk >= 0:
-                res.update(snap.rev(q.wk << REL_BITS | rid))
+                return b""
+            parts = [
+                sets.revs(snap, _ONE(k >> REL_BITS), k & REL_MASK, rid)
+                for k in (q.sk, q.wk)
+                if k >= 0
+            ]
             recursive = False
             for utype, urel in plan.usersets:
                 if utype == plan.type and urel == plan.name:
@@ -717,63 +734,45 @@ class Evaluator:
                 uplan = self.schema.plan(utype, urel)
                 if urid is None or uplan is None:
                     continue
-                for g in self._lookup_memo(q, utype, uplan):
-                    res.update(snap.rev(((g << REL_BITS | urid) << REL_BITS) | rid))
-            if recursive:
-                frontier = res
-                level = 0
-                while frontier:
-                    level += 1
-                    if level > self.max_depth:
-                        raise DepthExceeded(f"graph nested deeper than {self.max_depth} levels")
-                    nxt: set[int] = set()
-                    for g in frontier:
-                        nxt.update(snap.rev(((g << REL_BITS | rid) << REL_BITS) | rid))
-                    nxt -= res
-                    res |= nxt
-                    frontier = nxt
-            return res
+                groups = self._lookup_memo(q, utype, uplan)
+                if groups:
+                    parts.append(sets.revs(snap, groups, urid, rid))
+            res = sets.union(parts)
+            return sets.nested(snap, res, rid) if recursive and res else res
         if isinstance(plan, UnionPlan):
-            out: set[int] = set()
-            for c in plan.children:
-                out |= self._lookup(q, tname, c)
-            return out
+            return sets.union([self._lookup(q, tname, c) for c in plan.children])
         if isinstance(plan, ArrowPlan):
             rid = it.rids.get(plan.key)
             if rid is None:
-                return set()
-            out = set()
+                return b""
+            parts = []
             for utype in plan.target_types:
                 tplan = self.schema.plan(utype, plan.computed)
                 if tplan is None:
                     continue
-                revs = q.revs
-                for t in self._lookup_memo(q, utype, tplan):
-                    rk = (t << REL_BITS) << REL_BITS | rid
-                    got = revs.get(rk)
-                    if got is None:  # arrows over one relation often share targets
-                        got = revs[rk] = snap.rev(rk)
-                    out.update(got)
-            return out
+                targets = self._lookup_memo(q, utype, tplan)
+                if targets:
+                    parts.append(sets.revs(snap, targets, 0, rid))
+            return sets.union(parts)
         if isinstance(plan, CallPlan):
             target = self._call(plan)
-            return set() if target is None else self._lookup_memo(q, tname, target)
+            return b"" if target is None else self._lookup_memo(q, tname, target)
         if isinstance(plan, IntersectionPlan):
-            sets = [self._lookup(q, tname, c) for c in plan.children]
-            sets.sort(key=len)
-            out = set(sets[0])
-            for s in sets[1:]:
-                out &= s
+            got = [self._lookup(q, tname, c) for c in plan.children]
+            got.sort(key=len)
+            out = got[0]
+            for other in got[1:]:
+                out = sets.intersect(out, other)
             return out
         if isinstance(plan, ExclusionPlan):
             base = self._lookup(q, tname, plan.base)
-            keep: set[int] = set()
-            for o in base:
+            keep = array("q")
+            for o in _oids(base):
                 cq = _Query(snap, q.sk, q.wk, q.userset)
                 if self._check(cq, o, plan.subtract) is None:
-                    keep.add(o)
-            return keep
-        return set()  # NilPlan
+                    keep.append(o)
+            return keep.tobytes()  # still sorted: base was
+        return b""  # NilPlan
 
     # list-subjects -----------------------------------------------------------------
     def list_subjects(
@@ -1004,6 +1003,80 @@ def _closure_relations(schema: CompiledSchema) -> frozenset[str]:
 # Compiled fast path ------------------------------------------------------------------
 
 
+class _Sets(NamedTuple):
+    """list-allowed's set algebra. An oid set is bytes of sorted, distinct native int64:
+    the C kernel builds and merges them without an int object per oid, and two equal sets
+    compare equal (the fixpoint loop compares results)."""
+
+    revs: Callable[[Snapshot, bytes, int, int], bytes]  # (snap, oids, srel, rid)
+    nested: Callable[[Snapshot, bytes, int], bytes]  # (snap, seeds, rid)
+    union: Callable[[list[bytes]], bytes]
+    intersect: Callable[[bytes, bytes], bytes]
+    names: Callable[[list[str], bytes, int], list[str]]  # (names, oids, cut): sorted, cut
+
+
+_ONE = struct.Struct("=q").pack  # a one-oid set
+
+
+def _oids(s: bytes) -> array[int]:
+    a = array("q")
+    a.frombytes(s)
+    return a
+
+
+def _packed(oids: Iterable[int]) -> bytes:
+    return array("q", sorted(oids)).tobytes()
+
+
+def _py_revs(snap: Snapshot, oids: bytes, srel: int, rid: int) -> bytes:
+    out: set[int] = set()
+    for o in _oids(oids):
+        out.update(snap.rev((o << REL_BITS | srel) << REL_BITS | rid))
+    return _packed(out)
+
+
+def _py_nested(snap: Snapshot, seeds: bytes, rid: int, max_depth: int) -> bytes:
+    res = set(_oids(seeds))
+    frontier = set(res)
+    level = 0
+    while frontier:
+        level += 1
+        if level > max_depth:
+            raise DepthExceeded(f"graph nested deeper than {max_depth} levels")
+        nxt: set[int] = set()
+        for g in frontier:
+            nxt.update(snap.rev((g << REL_BITS | rid) << REL_BITS | rid))
+        nxt -= res
+        res |= nxt
+        frontier = nxt
+    return _packed(res)
+
+
+def _py_union(parts: list[bytes]) -> bytes:
+    out: set[int] = set()
+    for p in parts:
+        out.update(_oids(p))
+    return _packed(out)
+
+
+def _py_intersect(a: bytes, b: bytes) -> bytes:
+    return _packed(set(_oids(a)).intersection(_oids(b)))
+
+
+def _py_names(names: list[str], oids: bytes, cut: int) -> list[str]:
+    return [n[cut:] for n in sorted(names[o] for o in _oids(oids))]
+
+
+def _python_sets(max_depth: int) -> _Sets:
+    """The pure-Python `_Sets` (the reference for the kernel's, and the fallback)."""
+    return _Sets(
+        _py_revs, partial(_py_nested, max_depth=max_depth), _py_union, _py_intersect, _py_names
+    )
+
+
+_PY_SETS = _python_sets(DEFAULT_MAX_DEPTH)
+
+
 class _Fallback(Exception):
     """The data holds an edge the compiled plan does not cover: use the general walk."""
 
@@ -1105,6 +1178,7 @@ class _Program:
         self.entry_nodes: dict[int, _Node] = {}  # id(entry) -> its node
         self.kernel: _kernel.Program | None = None  # once lowered
         self.knodes: dict[_Entry, int] = {}  # entry -> index of its node in the kernel
+        self.sets: _Sets | None = None  # the kernel's, once lowered
 
     def stale(self, it: Interner) -> bool:
         """Compiled for another interner, or before it gained a relation key or new tables."""
@@ -1167,6 +1241,8 @@ class _Program:
             max_depth,
         )
         self.knodes = entries
+        k = self.kernel
+        self.sets = _Sets(k.revs, k.nested, _kernel.union, _kernel.intersect, _kernel.names)
 
     def slot(self, f: _Entry) -> int:
         """A small number naming entry point `f` in per-check memo keys."""

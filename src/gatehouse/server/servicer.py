@@ -83,15 +83,6 @@ def _status_for(e: BaseException) -> tuple[grpc.StatusCode, str, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}", "INTERNAL"
 
 
-def _prefixed(prefix: str, ids: list[str]) -> list[str]:
-    """`prefix + id` for every id, built by C-level join/split rather than a Python loop (ids
-    never contain a newline; should one ever, the loop is used)."""
-    if not ids:
-        return []
-    out = (prefix + ("\n" + prefix).join(ids)).split("\n")
-    return out if len(out) == len(ids) else [prefix + i for i in ids]
-
-
 def proof_to_pb(node: ProofNode) -> pb.ProofNode:
     return pb.ProofNode(
         label=node.label, allowed=node.allowed, children=[proof_to_pb(c) for c in node.children]
@@ -392,24 +383,25 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             query = f"la|{subject}|{request.permission}|{request.resource_type}"
             after = self.codec.decode(query, request.cursor) if request.cursor else None
             view = self._view(context, request.at_least_revision)
-            ids = view.policy.evaluator.list_allowed(
+            # Names (`type:id`), which the response carries: no cutting and re-prefixing.
+            names = view.policy.evaluator.list_allowed_names(
                 view.snapshot, subject, request.permission, request.resource_type
             )
-            return view, ids, query, after, size
+            return view, names, query, after, size
 
-        view, ids, query, after, size = self._run(context, prepare, decisions=False)
+        view, names, query, after, size = self._run(context, prepare, decisions=False)
         prefix = f"{request.resource_type}:"
+        cut = len(prefix)
         rev = view.snapshot.revision
-        n = len(ids)
-        # Keyset paging over the sorted ids: page k+1 starts right after page k's last id.
-        start = 0 if after is None else bisect_right(ids, after)
+        n = len(names)
+        # Keyset paging over the sorted names (one prefix, so sorted as their ids): page k+1
+        # starts right after page k's last id, which the cursor holds.
+        start = 0 if after is None else bisect_right(names, prefix + after)
         while True:
             end = start + size
-            chunk = ids[start:end]
-            cursor = self.codec.encode(query, chunk[-1]) if end < n and chunk else ""
-            yield pb.ListAllowedResponse(
-                ids=_prefixed(prefix, chunk), revision=rev, next_cursor=cursor
-            )
+            chunk = names[start:end]
+            cursor = self.codec.encode(query, chunk[-1][cut:]) if end < n and chunk else ""
+            yield pb.ListAllowedResponse(ids=chunk, revision=rev, next_cursor=cursor)
             if not cursor:
                 return
             start = end
