@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 
@@ -136,7 +137,10 @@ def test_every_snapshot_keeps_its_own_view_of_a_shared_overlay(
     assert set(after.tuples()) == expected[7] | {"doc:c#viewer@user:u9", "doc:a#viewer@user:u8"}
 
 
-def test_a_delta_that_fails_half_written_stays_invisible(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("packer", [True, False], ids=["c-packer", "python"])
+def test_a_delta_that_fails_half_written_stays_invisible(
+    packer: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gatehouse.graph import store as store_mod
 
     st = GraphStore()
@@ -144,20 +148,29 @@ def test_a_delta_that_fails_half_written_stays_invisible(monkeypatch: pytest.Mon
     before = st.current
     calls = 0
 
-    def failing(real: Callable[..., int]) -> Callable[..., int]:
-        def put(*args: object) -> int:
+    def failing(real: Callable[..., object], at: int) -> Callable[..., object]:
+        def put(*args: object) -> object:
             nonlocal calls
             calls += 1
-            if calls == 3:  # after some regions of the delta are already written
+            if calls == at:  # after some regions of the delta are already written
                 raise MemoryError("simulated")
             return real(*args)
 
         return put
 
-    # both ways a region is written (the C-built bytes, the Python-built array)
     with monkeypatch.context() as m:
-        m.setattr(store_mod, "_put_head", failing(store_mod._put_head))
-        m.setattr(store_mod, "_put_bytes", failing(store_mod._put_bytes))
+        if packer:
+            # the forward index's regions are written, then the reverse index's fail
+            real = store_mod._packer
+            assert real is not None
+            m.setattr(
+                store_mod,
+                "_packer",
+                SimpleNamespace(build=real.build, edits=real.edits, append=failing(real.append, 2)),
+            )
+        else:
+            m.setattr(store_mod, "_packer", None)
+            m.setattr(store_mod, "_put_head", failing(store_mod._put_head, 3))
         with pytest.raises(MemoryError):
             st.apply(Delta.of(["doc:a#viewer@user:u2", "doc:b#viewer@user:u2"]), revision=2)
     assert st.current is before

@@ -396,26 +396,61 @@ def test_kernel_closure_matches_the_python_one(
 
 @SETTINGS
 @given(
-    group=st.lists(st.integers(0, 60), unique=True),
-    edits=st.dictionaries(st.integers(0, 70), st.booleans()),
-    pad=st.integers(0, 3),
+    groups=st.dictionaries(st.integers(0, 5), st.lists(st.integers(0, 60), unique=True)),
+    edits=st.dictionaries(st.tuples(st.integers(0, 7), st.integers(0, 70)), st.booleans()),
+    overlaid=st.sets(st.integers(0, 5)),
+    chunk=st.sampled_from([4, 16, 1 << 16]),
 )
-def test_c_region_edit_matches_set_semantics(
-    group: list[int], edits: dict[int, bool], pad: int
+def test_c_append_matches_set_semantics(
+    groups: dict[int, list[int]],
+    edits: dict[tuple[int, int], bool],
+    overlaid: set[int],
+    chunk: int,
 ) -> None:
+    """GraphStore.apply's C writer: each edited group read from the base or from its newest
+    overlay region not newer than the snapshot (a newer one is ignored), edited, written as
+    a region of the new version into chunks of at most `chunk` entries (one region may
+    exceed it alone); groups whose edits change nothing are not written."""
     from array import array
 
     assert store_mod._packer is not None
-    arr = array("q", [-5] * pad + sorted(group) + [99] * pad)
-    # one object's changes as the store encodes them: object << 64 | entry << 1 | present
-    changes = sorted(9 << 64 | e << 1 | present for e, present in edits.items())
-    raw = store_mod._packer.region(arr, pad, pad + len(group), 7, -1, changes, 0, len(changes))
-    out = array("q")
-    out.frombytes(raw)
-    adds = {e for e, present in edits.items() if present}
-    removes = {e for e, present in edits.items() if not present}
-    want = sorted((set(group) - removes) | adds)
-    assert out.tolist() == [7, -1, len(want), *want]
+    nbase = 6
+    off, dat = array("I", [0]), array("q")
+    base = {o: sorted(groups.get(o, [])) if o not in overlaid else [] for o in range(nbase)}
+    for o in range(nbase):
+        dat.extend(base[o])
+        off.append(len(dat))
+    ovl = [array("q", [0, 0, 0])]  # some entries already in the last chunk
+    ov: dict[int, int] = {}
+    seen = dict(base)
+    for o in sorted(overlaid):  # an older region the snapshot reads, and a newer one it must not
+        old = store_mod.put_region(ovl, 3, -1, array("q", sorted(groups.get(o, []))))
+        ov[o] = store_mod.put_region(ovl, 9, old, array("q", [999]))
+        seen[o] = sorted(groups.get(o, []))
+    pairs = array("q", [x for (o, e), p in sorted(edits.items()) for x in (o, e << 1 | p)])
+    refs, size, net = store_mod._packer.append(
+        ovl, ov, off, dat, nbase, 5, pairs.tobytes(), 7, chunk
+    )
+    want_net = 0
+    written = {}
+    for o in range(8):
+        mine = {e: p for (oo, e), p in edits.items() if oo == o}
+        now = set(seen.get(o, []))
+        after = (now - {e for e, p in mine.items() if not p}) | {e for e, p in mine.items() if p}
+        want_net += len(after) - len(now)
+        if after != now:
+            written[o] = sorted(after)
+    assert net == want_net
+    assert [o for o, _ in refs] == sorted(written)
+    assert size == sum(len(g) + 3 for g in written.values())
+    for o, ref in refs:
+        got = store_mod.region(ovl, ref, 7)
+        assert got is not None
+        c, lo, hi = got
+        assert c[lo - 3] == 7 and c[lo - 2] == ov.get(o, -1)
+        assert c[lo:hi].tolist() == written[o]
+    for c in ovl[1:]:  # a chunk past the limit holds one region alone
+        assert len(c) <= chunk or c[2] + 3 == len(c)
 
 
 @SETTINGS
@@ -485,3 +520,38 @@ def test_kernel_revs_sort_many_runs() -> None:
     assert got == _python_sets(50).revs(snap, users, 0, rid)
     assert len(got) == 600 * 8
     assert sorted(prog.sets.names(it.names, got, 5)) == sorted(f"f{i}" for i in range(600))
+
+
+@SETTINGS
+@given(
+    net=st.dictionaries(
+        st.tuples(st.integers(0, 1 << 20), st.integers(1, 300), st.integers(0, 1 << 20)),
+        st.booleans(),
+    ),
+    userset=st.booleans(),
+)
+def test_c_edits_match_the_python_changes(
+    net: dict[tuple[int, int, int], bool], userset: bool
+) -> None:
+    """The C split of a delta's net changes into per-index edits, against the formulas the
+    Python path uses (store._fentry / _rentry): same objects, entries and order."""
+    from array import array
+
+    assert store_mod._packer is not None
+    assert store_mod._packer.LAYOUT == (REL_BITS, store_mod.F_REL, store_mod.R_REL, 56)
+    keyed = {}
+    for (oid, rid, so), present in net.items():
+        sk = so << REL_BITS | (rid if userset else 0)
+        keyed[oid << 56 | store_mod._fentry(rid, sk)] = present
+    f, r = store_mod._packer.edits(keyed)
+    want_f, want_r = [], []
+    for key, present in keyed.items():
+        oid, e = key >> 56, key & ((1 << 56) - 1)
+        sk = e & store_mod.SK_MASK
+        want_f.append((oid, e << 1 | present))
+        rentry = store_mod._rentry(oid, e >> store_mod.F_REL, sk)
+        want_r.append((sk >> REL_BITS, rentry << 1 | present))
+    for got, want in ((f, want_f), (r, want_r)):
+        a = array("q")
+        a.frombytes(got)
+        assert list(zip(a[::2], a[1::2], strict=True)) == sorted(want)

@@ -98,94 +98,309 @@ done:
     return result;
 }
 
-/* region(arr, lo, hi, ver, prev, changes, i, j) -> bytes: an overlay region, the header
- * [ver, prev, n] then arr[lo:hi] edited by changes[i:j]. Each change is an int whose low 64
- * bits are `entry << 1 | present` (higher bits: the object, equal within i..j), sorted, so
- * removals and additions arrive in entry order; the result is sorted and unique. */
-static PyObject *pack_region(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+/* The entry layout of gatehouse.graph.store (the store checks LAYOUT before using this). */
+#define REL_BITS 12
+#define REL_MASK ((1LL << REL_BITS) - 1)
+#define F_REL 44
+#define F_US (1LL << 43)
+#define SK_MASK (F_US - 1)
+#define R_REL 32
+#define FE_BITS 56
+#define FE_MASK ((1ULL << FE_BITS) - 1)
+
+static int cmp_pair(const void *a, const void *b)
 {
-    if (nargs != 8 || !PyList_Check(args[5])) {
-        PyErr_SetString(PyExc_TypeError, "region(arr, lo, hi, ver, prev, changes: list, i, j)");
+    const int64_t *x = a, *y = b;
+    if (x[0] != y[0])
+        return (x[0] > y[0]) - (x[0] < y[0]);
+    return (x[1] > y[1]) - (x[1] < y[1]);
+}
+
+/* edits(net) -> (forward, reverse): a delta's net changes (keys `oid << 56 | forward entry`,
+ * values present or not) as each index's edits, bytes of (object, entry << 1 | present)
+ * int64 pairs sorted: grouped by object, in entry order within a group. */
+static PyObject *pack_edits(PyObject *mod, PyObject *net)
+{
+    if (!PyDict_Check(net)) {
+        PyErr_SetString(PyExc_TypeError, "edits(net: dict)");
         return NULL;
     }
-    Py_ssize_t lo = PyLong_AsSsize_t(args[1]), hi = PyLong_AsSsize_t(args[2]);
-    long long ver = PyLong_AsLongLong(args[3]), prev = PyLong_AsLongLong(args[4]);
-    Py_ssize_t ci = PyLong_AsSsize_t(args[6]), cj = PyLong_AsSsize_t(args[7]);
+    Py_ssize_t n = PyDict_GET_SIZE(net), pos = 0, k = 0;
+    PyObject *key, *val, *f = NULL, *r = NULL, *shift = PyLong_FromLong(FE_BITS);
+    if (!shift)
+        return NULL;
+    f = PyBytes_FromStringAndSize(NULL, n * 16);
+    r = f ? PyBytes_FromStringAndSize(NULL, n * 16) : NULL;
+    if (!r)
+        goto fail;
+    int64_t *fv = (int64_t *)PyBytes_AS_STRING(f), *rv = (int64_t *)PyBytes_AS_STRING(r);
+    while (PyDict_Next(net, &pos, &key, &val)) {
+        unsigned long long low = PyLong_AsUnsignedLongLongMask(key);
+        if (low == (unsigned long long)-1 && PyErr_Occurred())
+            goto fail;
+        PyObject *hi = PyNumber_Rshift(key, shift);
+        if (!hi)
+            goto fail;
+        long long oid = PyLong_AsLongLong(hi);
+        Py_DECREF(hi);
+        int present = PyObject_IsTrue(val);
+        if ((oid == -1 && PyErr_Occurred()) || present < 0)
+            goto fail;
+        if (oid < 0 || oid > (long long)UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "edits: object id out of range");
+            goto fail;
+        }
+        int64_t e = (int64_t)(low & FE_MASK), sk = e & SK_MASK;
+        fv[2 * k] = oid;
+        fv[2 * k + 1] = e << 1 | present;
+        rv[2 * k] = sk >> REL_BITS;
+        rv[2 * k + 1] = ((((sk & REL_MASK) << REL_BITS | (e >> F_REL)) << R_REL) | oid) << 1 | present;
+        k++;
+    }
+    qsort(fv, (size_t)k, 16, cmp_pair);
+    qsort(rv, (size_t)k, 16, cmp_pair);
+    Py_DECREF(shift);
+    return Py_BuildValue("(NN)", f, r);
+fail:
+    Py_XDECREF(f);
+    Py_XDECREF(r);
+    Py_DECREF(shift);
+    return NULL;
+}
+
+typedef struct {
+    int64_t *v;
+    Py_ssize_t n, cap;
+} Buf;
+
+static int buf_reserve(Buf *b, Py_ssize_t extra)
+{
+    if (b->n + extra <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->n + extra)
+        cap *= 2;
+    int64_t *v = PyMem_Realloc(b->v, (size_t)cap * 8);
+    if (!v) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->v = v;
+    b->cap = cap;
+    return 0;
+}
+
+/* Appends pending entries out[0:n] to chunk `c` (an array('q')). */
+static int flush(PyObject *c, const int64_t *out, Py_ssize_t n)
+{
+    if (!n)
+        return 0;
+    PyObject *r = PyObject_CallMethod(c, "frombytes", "y#", (const char *)out, n * 8);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* append(ovl, ov, off, dat, nbase, cur, edits, ver, chunk) -> (refs, entries, net):
+ * GraphStore.apply's writes to one index. `edits` are as edits() makes them. Each object's
+ * group is read as the snapshot at version `cur` sees it (the newest overlay region not newer than `cur`, else the base
+ * off/dat, whose first `nbase` objects it holds), edited, and appended as a region of
+ * version `ver` to the overlay chunks `ovl` (a new chunk when one would pass `chunk`
+ * entries). A group whose edits change nothing is not written. Returns the (object, ref)
+ * pairs to link, the entries written and the net change in entries. On error the chunks
+ * may hold unreferenced regions: unreachable, as nothing was linked. */
+static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9 || !PyList_Check(args[0]) || !PyDict_Check(args[1]) ||
+        !PyBytes_Check(args[6]) || PyBytes_GET_SIZE(args[6]) % 16 ||
+        PyList_GET_SIZE(args[0]) < 1) {
+        PyErr_SetString(PyExc_TypeError,
+                        "append(ovl: list, ov: dict, off, dat, nbase, cur, edits: bytes, ver, "
+                        "chunk)");
+        return NULL;
+    }
+    PyObject *ovl = args[0], *ov = args[1];
+    const int64_t *ed = (const int64_t *)PyBytes_AS_STRING(args[6]);
+    long long nbase = PyLong_AsLongLong(args[4]), cur = PyLong_AsLongLong(args[5]);
+    long long ver = PyLong_AsLongLong(args[7]), chunk = PyLong_AsLongLong(args[8]);
     if (PyErr_Occurred())
         return NULL;
-    PyObject *changes = args[5];
-    if (ci < 0 || cj < ci || cj > PyList_GET_SIZE(changes)) {
-        PyErr_SetString(PyExc_ValueError, "region: bad change bounds");
+    Py_buffer ob, db;
+    if (PyObject_GetBuffer(args[2], &ob, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[3], &db, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&ob);
         return NULL;
     }
-    Py_ssize_t nc = cj - ci;
-    int64_t *adds = PyMem_Malloc((size_t)(nc ? nc : 1) * 8);
-    int64_t *rem = PyMem_Malloc((size_t)(nc ? nc : 1) * 8);
-    PyObject *out = NULL;
-    Py_ssize_t na = 0, nr = 0;
-    if (!adds || !rem) {
-        PyErr_NoMemory();
+    PyObject *refs = PyList_New(0), *result = NULL;
+    Buf out = {0};
+    Py_ssize_t nc = PyBytes_GET_SIZE(args[6]) / 16, written = 0, net = 0;
+    const uint32_t *off = ob.buf;
+    const int64_t *dat = db.buf;
+    if (!refs)
+        goto done;
+    if (ob.len % 4 || db.len % 8 || nbase < 0 || nbase + 1 > ob.len / 4) {
+        PyErr_SetString(PyExc_ValueError, "append: base arrays of the wrong sizes");
         goto done;
     }
-    for (Py_ssize_t c = ci; c < cj; c++) {
-        unsigned long long v = PyLong_AsUnsignedLongLongMask(PyList_GET_ITEM(changes, c));
-        if (v == (unsigned long long)-1 && PyErr_Occurred())
-            goto done;
-        if (v & 1)
-            adds[na++] = (int64_t)(v >> 1);
-        else
-            rem[nr++] = (int64_t)(v >> 1);
-    }
-    Py_buffer b;
-    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0)
+    PyObject *last = PyList_GET_ITEM(ovl, PyList_GET_SIZE(ovl) - 1);
+    Py_ssize_t clen = PyObject_Size(last); /* the last chunk's length, pending included */
+    if (clen < 0)
         goto done;
-    if (b.len % 8 || lo < 0 || hi < lo || hi > b.len / 8) {
-        PyErr_SetString(PyExc_ValueError, "region: bad group bounds");
-        PyBuffer_Release(&b);
-        goto done;
-    }
-    const int64_t *g = (const int64_t *)b.buf;
-    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(3 + (hi - lo) + na) * 8);
-    if (!out) {
-        PyBuffer_Release(&b);
-        goto done;
-    }
-    int64_t *o = (int64_t *)PyBytes_AS_STRING(out);
-    Py_ssize_t w = 3, i = lo, j = 0, k = 0;
-    while (i < hi || j < na) {
-        int64_t x;
-        if (j == na || (i < hi && g[i] < adds[j])) {
-            x = g[i++];
-            while (k < nr && rem[k] < x)
-                k++;
-            if (k < nr && rem[k] == x)
-                continue; /* removed */
-        } else if (i < hi && g[i] == adds[j]) {
-            x = g[i++]; /* removals come first, then adds: present either way */
+    Py_ssize_t i = 0;
+    while (i < nc) {
+        /* this object's edits: [i, j) */
+        long long oid = ed[2 * i];
+        Py_ssize_t j = i + 1;
+        while (j < nc && ed[2 * j] == oid)
             j++;
-        } else {
-            x = adds[j++];
+        if (oid < 0 || oid > (long long)UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "append: object id out of range");
+            goto done;
         }
-        if (w == 3 || o[w - 1] != x)
-            o[w++] = x;
+        PyObject *obj = PyLong_FromLongLong(oid);
+        if (!obj)
+            goto done;
+        /* the group as the snapshot at `cur` reads it */
+        PyObject *ref = PyDict_GetItemWithError(ov, obj);
+        if (!ref && PyErr_Occurred()) {
+            Py_DECREF(obj);
+            goto done;
+        }
+        long long prev = ref ? PyLong_AsLongLong(ref) : -1;
+        if (prev == -1 && PyErr_Occurred()) {
+            Py_DECREF(obj);
+            goto done;
+        }
+        const int64_t *g = NULL;
+        Py_ssize_t gn = 0;
+        Py_buffer hold = {0};
+        int found = 0;
+        for (long long r = prev; r >= 0 && !found;) {
+            long long ci = r >> 32, s = r & 0xffffffffLL;
+            if (ci >= PyList_GET_SIZE(ovl)) {
+                PyErr_SetString(PyExc_IndexError, "append: overlay chunk out of range");
+                Py_DECREF(obj);
+                goto done;
+            }
+            if (PyObject_GetBuffer(PyList_GET_ITEM(ovl, ci), &hold, PyBUF_SIMPLE) < 0) {
+                Py_DECREF(obj);
+                goto done;
+            }
+            const int64_t *c = hold.buf;
+            Py_ssize_t len = hold.len / 8;
+            if (s + 3 > len || c[s + 2] < 0 || s + 3 + c[s + 2] > len) {
+                PyBuffer_Release(&hold);
+                PyErr_SetString(PyExc_IndexError, "append: overlay region out of range");
+                Py_DECREF(obj);
+                goto done;
+            }
+            if (c[s] <= cur) {
+                g = c + s + 3;
+                gn = (Py_ssize_t)c[s + 2];
+                found = 1;
+            } else {
+                r = c[s + 1];
+                PyBuffer_Release(&hold);
+            }
+        }
+        if (!found && oid < nbase) {
+            Py_ssize_t a = off[oid], z = off[oid + 1];
+            if (a > z || z > db.len / 8) {
+                PyErr_SetString(PyExc_IndexError, "append: offsets past the entries");
+                Py_DECREF(obj);
+                goto done;
+            }
+            g = dat + a;
+            gn = z - a;
+        }
+        /* merge: removals and additions arrive in entry order (entries are unique) */
+        const int64_t *ch = ed + 2 * i;
+        Py_ssize_t nch = j - i;
+        if (buf_reserve(&out, 3 + gn + nch) < 0) {
+            if (found)
+                PyBuffer_Release(&hold);
+            Py_DECREF(obj);
+            goto done;
+        }
+        Py_ssize_t w0 = out.n, w = w0 + 3, a = 0, k = 0, delta = 0, edits = 0;
+        int64_t *o = out.v;
+        for (; a < gn || k < nch;) {
+            int64_t e = k < nch ? ch[2 * k + 1] >> 1 : 0;
+            if (k == nch || (a < gn && g[a] < e)) {
+                o[w++] = g[a++];
+            } else if (a < gn && g[a] == e) {
+                if (ch[2 * k + 1] & 1) {
+                    o[w++] = e; /* already present */
+                } else {
+                    delta--, edits++; /* removed */
+                }
+                a++, k++;
+            } else {
+                if (ch[2 * k + 1] & 1) {
+                    o[w++] = e;
+                    delta++, edits++;
+                }
+                k++;
+            }
+        }
+        if (found)
+            PyBuffer_Release(&hold);
+        if (!edits) {
+            Py_DECREF(obj);
+            i = j;
+            continue;
+        }
+        o[w0] = ver;
+        o[w0 + 1] = prev;
+        o[w0 + 2] = w - w0 - 3;
+        Py_ssize_t L = w - w0;
+        if (clen > 0 && clen + L > chunk) { /* a region never spans chunks */
+            if (flush(last, o, w0) < 0) {
+                Py_DECREF(obj);
+                goto done;
+            }
+            memmove(o, o + w0, (size_t)L * 8);
+            w0 = 0;
+            last = PyObject_CallFunction((PyObject *)Py_TYPE(last), "s", "q");
+            int bad = !last || PyList_Append(ovl, last) < 0;
+            Py_XDECREF(last); /* the list holds it */
+            if (bad) {
+                Py_DECREF(obj);
+                goto done;
+            }
+            clen = 0;
+        }
+        out.n = w0 + L;
+        long long nref = (long long)(PyList_GET_SIZE(ovl) - 1) << 32 | clen;
+        clen += L;
+        written += L;
+        net += delta;
+        PyObject *pair = Py_BuildValue("(NL)", obj, nref); /* steals obj */
+        if (!pair || PyList_Append(refs, pair) < 0) {
+            Py_XDECREF(pair);
+            goto done;
+        }
+        Py_DECREF(pair);
+        i = j;
     }
-    PyBuffer_Release(&b);
-    o[0] = ver;
-    o[1] = prev;
-    o[2] = w - 3;
-    if (_PyBytes_Resize(&out, w * 8) < 0)
-        out = NULL;
+    if (flush(last, out.v, out.n) < 0)
+        goto done;
+    result = Py_BuildValue("(Onn)", refs, written, net);
 done:
-    PyMem_Free(adds);
-    PyMem_Free(rem);
-    return out;
+    Py_XDECREF(refs);
+    PyMem_Free(out.v);
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&db);
+    return result;
 }
 
 static PyMethodDef pack_methods[] = {
-    {"region", (PyCFunction)(void (*)(void))pack_region, METH_FASTCALL,
-     "region(arr, lo, hi, ver, prev, changes, i, j) -> the bytes of an overlay region"},
     {"build", (PyCFunction)(void (*)(void))pack_build, METH_FASTCALL,
      "build(keys, ents, off, dat) -> entries kept: a packed index from (object, entry) pairs"},
+    {"append", (PyCFunction)(void (*)(void))pack_append, METH_FASTCALL,
+     "append(ovl, ov, off, dat, nbase, cur, edits, ver, chunk) -> (refs, entries, net)"},
+    {"edits", (PyCFunction)pack_edits, METH_O,
+     "edits(net) -> (forward, reverse): a delta's net changes as sorted edits per index"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -195,5 +410,10 @@ static struct PyModuleDef pack_module = {
 
 PyMODINIT_FUNC PyInit__pack(void)
 {
-    return PyModule_Create(&pack_module);
+    PyObject *m = PyModule_Create(&pack_module);
+    PyObject *layout = m ? Py_BuildValue("(iiii)", REL_BITS, F_REL, R_REL, FE_BITS) : NULL;
+    if (!layout || PyModule_AddObjectRef(m, "LAYOUT", layout) < 0)
+        Py_CLEAR(m);
+    Py_XDECREF(layout);
+    return m;
 }

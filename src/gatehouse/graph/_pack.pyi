@@ -1,6 +1,20 @@
 """Type stub of the C load packer (src/gatehouse/graph/_pack.c)."""
 
+from typing import Any
+
 def build(keys: object, ents: object, off: object, dat: object, /) -> int: ...
-def region(
-    arr: object, lo: int, hi: int, ver: int, prev: int, changes: list[int], i: int, j: int, /
-) -> bytes: ...
+def append(
+    ovl: list[Any],
+    ov: dict[int, int],
+    off: object,
+    dat: object,
+    nbase: int,
+    cur: int,
+    edits: bytes,
+    ver: int,
+    chunk: int,
+    /,
+) -> tuple[list[tuple[int, int]], int, int]: ...
+def edits(net: dict[int, bool], /) -> tuple[bytes, bytes]: ...
+
+LAYOUT: tuple[int, int, int, int]

@@ -44,7 +44,7 @@ from typing import TypeAlias
 
 from gatehouse.graph.tuples import Delta, SubjectRef, Tuple, parse_tuple
 
-try:  # the C packer of a load; without it loads pack in Python (same result, more memory)
+try:  # the C packer of loads and deltas; without it they run in Python (same result)
     from gatehouse.graph import _pack as _packer
 except ImportError:  # pragma: no cover - installs without a C compiler
     _packer = None  # type: ignore[assignment]
@@ -70,6 +70,8 @@ _Index: TypeAlias = tuple[
 _CHUNK = 1 << 16  # overlay entries per chunk array (bounds each append's realloc copy)
 _FE_BITS = 56  # forward and reverse entries fit in 56 bits (see the layout above)
 _FE_MASK = (1 << _FE_BITS) - 1
+if _packer is not None and _packer.LAYOUT != (REL_BITS, F_REL, R_REL, _FE_BITS):
+    _packer = None  # type: ignore[assignment]  # built for another entry layout: unused
 _LITTLE = sys.byteorder == "little" and array("I").itemsize == 4
 _OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
 _RUN = 1 << 14  # entries or objects per C call while repacking (bounds GIL hold time)
@@ -508,30 +510,24 @@ class GraphStore:
                 for t in delta.writes:
                     oid, rid, sk = _intern(it, t)
                     net[oid << _FE_BITS | _fentry(rid, sk)] = True
-            # Changes as `object << 64 | entry << 1 | present`, sorted: grouped by object,
-            # in entry order within a group.
-            f_ch: list[int] = []
-            r_ch: list[int] = []
-            delta_count = 0
-            for key, present in net.items():
-                oid = key >> _FE_BITS
-                e = key & _FE_MASK
-                if cur.has_entry(oid, e) == present:
-                    continue
-                delta_count += 1 if present else -1
-                sk = e & SK_MASK
-                f_ch.append(oid << 64 | e << 1 | present)
-                r_ch.append((sk >> REL_BITS) << 64 | _rentry(oid, e >> F_REL, sk) << 1 | present)
-            f_ch.sort()
-            r_ch.sort()
             # A version no snapshot has read at: regions written with it stay invisible to
             # every published snapshot until the new one is published.
             self._ver += 1
             ver = self._ver
-            f_refs, f_size = _append(cur.f_ovl, cur.f_ov, cur.fblock, f_ch, ver)
-            r_refs, r_size = _append(cur.r_ovl, cur.r_ov, cur.rblock, r_ch, ver)
+            if _packer is not None:
+                # In C: each index's edits, then its regions (a group is read once, so
+                # edits that change nothing are dropped there, and the net change counted).
+                f_ed, r_ed = _packer.edits(net)
+                del net
+                f_refs, f_size, delta_count = _packer.append(
+                    cur.f_ovl, cur.f_ov, cur.f_off, cur.f_dat, cur.nf, cur.ver, f_ed, ver, _CHUNK
+                )
+                r_refs, r_size, _ = _packer.append(
+                    cur.r_ovl, cur.r_ov, cur.r_off, cur.r_dat, cur.nr, cur.ver, r_ed, ver, _CHUNK
+                )
+            else:
+                f_refs, f_size, r_refs, r_size, delta_count = _apply_py(cur, net, ver)
             self._ov_size += f_size + r_size
-            del f_ch, r_ch, net
             _link(cur.f_ov, f_refs, cur.r_ov, r_refs)
             count = cur.count + delta_count
             snap = Snapshot(
@@ -670,14 +666,6 @@ def _put_head(ovl: list[array[int]], region: array[int]) -> int:
     return (len(ovl) - 1) << 32 | start
 
 
-def _put_bytes(ovl: list[array[int]], region: bytes) -> int:
-    """`_put_head` for a region given as the bytes of its 8-byte entries."""
-    c = _chunk_for(ovl, len(region) >> 3)
-    start = len(c)
-    c.frombytes(region)
-    return (len(ovl) - 1) << 32 | start
-
-
 def _chunk_for(ovl: list[array[int]], n: int) -> array[int]:
     """The chunk a region of `n` entries goes to: the last, or a new one if it would
     overflow `_CHUNK` (a region never spans chunks; an oversized one gets its own)."""
@@ -686,6 +674,32 @@ def _chunk_for(ovl: list[array[int]], n: int) -> array[int]:
         c = array("q")
         ovl.append(c)
     return c
+
+
+def _apply_py(
+    cur: Snapshot, net: dict[int, bool], ver: int
+) -> tuple[list[tuple[int, int]], int, list[tuple[int, int]], int, int]:
+    """GraphStore.apply's writes without the C packer: (forward refs, entries, reverse refs,
+    entries, net change in tuples)."""
+    # Changes as `object << 64 | entry << 1 | present`, sorted: grouped by object, in entry
+    # order within a group; only those that change something.
+    f_ch: list[int] = []
+    r_ch: list[int] = []
+    count = 0
+    for key, present in net.items():
+        oid = key >> _FE_BITS
+        e = key & _FE_MASK
+        if cur.has_entry(oid, e) == present:
+            continue
+        count += 1 if present else -1
+        sk = e & SK_MASK
+        f_ch.append(oid << 64 | e << 1 | present)
+        r_ch.append((sk >> REL_BITS) << 64 | _rentry(oid, e >> F_REL, sk) << 1 | present)
+    f_ch.sort()
+    r_ch.sort()
+    f_refs, f_size = _append(cur.f_ovl, cur.f_ov, cur.fblock, f_ch, ver)
+    r_refs, r_size = _append(cur.r_ovl, cur.r_ov, cur.rblock, r_ch, ver)
+    return f_refs, f_size, r_refs, r_size, count
 
 
 def _append(
@@ -707,12 +721,6 @@ def _append(
         oid = changes[i] >> 64
         j = bisect_left(changes, (oid + 1) << 64, i)
         arr, lo, hi = block(oid)
-        if _packer is not None:
-            region = _packer.region(arr, lo, hi, ver, get(oid, -1), changes, i, j)
-            refs.append((oid, _put_bytes(ovl, region)))
-            size += len(region) >> 3
-            i = j
-            continue
         # The region is built in one array, header first: copy the group after it (one C
         # call), then edit in place: removals and insertions are each a bisect and a
         # memmove, so a big group (an org's 10,000 funds) stays cheap. Removals first.
