@@ -166,7 +166,7 @@ def test_a_delta_that_fails_half_written_stays_invisible(
             m.setattr(
                 store_mod,
                 "_packer",
-                SimpleNamespace(build=real.build, edits=real.edits, append=failing(real.append, 2)),
+                SimpleNamespace(**{**vars(real), "append": failing(real.append, 2)}),
             )
         else:
             m.setattr(store_mod, "_packer", None)
@@ -182,3 +182,23 @@ def test_a_delta_that_fails_half_written_stays_invisible(
         "doc:b#viewer@user:u1",
         "doc:c#viewer@user:u3",
     }
+
+
+def test_link_is_all_or_nothing() -> None:
+    """Linking a delta's regions fails as a whole: the forward links already made are
+    undone when the reverse ones fail partway."""
+    from gatehouse.graph import store as store_mod
+
+    class Failing(dict[int, int]):
+        def update(self, refs: list[tuple[int, int]]) -> None:  # type: ignore[override]
+            pairs = list(refs)
+            for oid, ref in pairs[: len(pairs) // 2]:
+                self[oid] = ref
+            raise MemoryError("simulated")
+
+    f_ov = {1: 10, 2: 20}
+    r_ov = Failing({5: 50})
+    with pytest.raises(MemoryError):
+        store_mod._link(f_ov, [(2, 21), (3, 31)], r_ov, [(5, 51), (6, 61), (7, 71)])
+    assert f_ov == {1: 10, 2: 20}
+    assert dict(r_ov) == {5: 50}

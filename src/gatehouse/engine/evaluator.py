@@ -38,6 +38,7 @@ from gatehouse.model.compiler import (
 
 try:  # the C build of the compiled check; without it the Python nodes run (same answers)
     from gatehouse.engine import _kernel
+    from gatehouse.graph import _pack  # its find() is the kernel's object lookup
 except ImportError:  # pragma: no cover - exercised by installs without a C compiler
     _kernel = None  # type: ignore[assignment]
 
@@ -227,7 +228,7 @@ class Evaluator:
             # the compiled plan does not cover.
             kern = prog.kernel
             if kern is not None:
-                find = _kernel.find
+                find = _pack.find
                 oid = find(it, f"{resource.type}:{resource.id}")
                 if oid < 0:
                     return Decision(False, snap.revision, "no_path")
@@ -276,7 +277,7 @@ class Evaluator:
             held = prog.closures = self._closures(prog, snap)
         members, cache = held[2], held[1]
         fns, knodes, types = prog.fns, prog.knodes, prog.types
-        find, run, wild = _kernel.find, kern.run, it.wildcards.get
+        find, run, wild = _pack.find, kern.run, it.wildcards.get
         rev = snap.revision
         deny = Decision(False, rev, "no_path")
         out: list[Decision] = []

@@ -39,7 +39,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from itertools import repeat
-from operator import add, sub
+from operator import add, itemgetter, sub
 from typing import TypeAlias
 
 from gatehouse.graph.tuples import Delta, SubjectRef, Tuple, parse_tuple
@@ -110,6 +110,9 @@ class Interner:
 
     # lookups (lock-free) ----------------------------------------------------
     def oid(self, obj: str) -> int | None:
+        if _packer is not None:
+            o = _packer.find(self, obj)
+            return None if o < 0 else o
         slots = self._slots
         mask = len(slots) - 1
         names = self.names
@@ -143,6 +146,10 @@ class Interner:
 
     # interning (caller holds lock) -------------------------------------------
     def intern_object(self, obj: str) -> int:
+        if _packer is not None:  # most names of a delta are known: one C lookup
+            o = _packer.find(self, obj)
+            if o >= 0:
+                return o
         slots = self._slots
         mask = len(slots) - 1
         names = self.names
@@ -753,18 +760,19 @@ def _link(
     r_refs: list[tuple[int, int]],
 ) -> None:
     """Point the overlay dicts at the new regions; all of them, or (on any error) none."""
-    done: list[tuple[dict[int, int], int, int | None]] = []
+    undo: list[tuple[dict[int, int], list[int], list[int | None]]] = []
     try:
         for ov, refs in ((f_ov, f_refs), (r_ov, r_refs)):
-            for oid, ref in refs:
-                done.append((ov, oid, ov.get(oid)))
-                ov[oid] = ref
+            oids = list(map(itemgetter(0), refs))
+            undo.append((ov, oids, list(map(ov.get, oids))))
+            ov.update(refs)  # one C loop: a delta links thousands of groups
     except BaseException:
-        for ov, oid, old in reversed(done):
-            if old is None:
-                ov.pop(oid, None)
-            else:
-                ov[oid] = old
+        for ov, oids, olds in reversed(undo):
+            for oid, old in zip(oids, olds, strict=True):
+                if old is None:
+                    ov.pop(oid, None)
+                else:
+                    ov[oid] = old
         raise
 
 
