@@ -27,11 +27,11 @@ and details, rich error details in the trailing metadata, deadlines through
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -39,7 +39,7 @@ from typing import Any, cast
 
 import grpc
 
-from gatehouse.server.metrics import Metrics
+from gatehouse.server.metrics import BOUNDS, CALL_BUCKET0, CALL_OK, CALL_SECONDS, Metrics, Tally
 
 cygrpc: Any
 gserver: Any
@@ -63,7 +63,14 @@ _LOG = logging.getLogger(__name__)
 
 _FLAGS = 0
 _REQUEST, _RECEIVED, _SENT = range(3)
-_OK = grpc.StatusCode.OK.value[0]
+_OK_CODE = grpc.StatusCode.OK
+_OK = _OK_CODE.value[0]
+perf_counter = time.perf_counter
+if cygrpc is not None:  # what every answered call builds, bound once
+    _SendInitialMetadata = cygrpc.SendInitialMetadataOperation
+    _SendMessage = cygrpc.SendMessageOperation
+    _SendStatus = cygrpc.SendStatusFromServerOperation
+    _ReceiveClose = cygrpc.ReceiveCloseOnServerOperation
 
 
 @dataclass(frozen=True)
@@ -133,32 +140,21 @@ class _Context:
         self.abort(status.code, status.details)
 
 
-class _Call:
-    """A fast call: its method and the event that brought it (call, deadline, metadata)."""
-
-    __slots__ = ("call", "event", "method")
-
-    def __init__(self, method: _Method, event: Any) -> None:
-        self.method = method
-        self.event = event
-        self.call = event.call
-
-
 class _Method:
-    """A FastMethod with its metrics children bound."""
+    """A FastMethod with the Tally its calls are counted and timed in."""
 
-    __slots__ = ("handled", "label", "observe", "ok", "spec")
+    __slots__ = ("cells", "handled", "label", "request_tag", "spec", "tally")
 
     def __init__(self, spec: FastMethod, metrics: Metrics | None) -> None:
         self.spec = spec
         self.label = spec.name.lstrip("/")
-        self.ok: Any = None
-        self.observe: Callable[[float], None] | None = None
+        self.request_tag = (_REQUEST, self)  # the same for every call: built once
         self.handled: Any = None
+        self.tally: Tally | None = None
+        self.cells: list[float] | None = None  # the loop thread's cells of `tally`
         if metrics is not None:
             self.handled = metrics.handled
-            self.ok = metrics.handled.labels(self.label, grpc.StatusCode.OK.name)
-            self.observe = metrics.handling.labels(grpc_method=self.label).observe
+            self.tally = metrics.calls(self.label)
 
 
 def _status_ops(code: grpc.StatusCode, details: str, trailing: Any) -> tuple[Any, ...]:
@@ -254,17 +250,28 @@ class FastPath:
 
     # the loop ----------------------------------------------------------------------------
     def _request(self, m: _Method) -> None:
-        with contextlib.suppress(ValueError):  # raised once the server is shutting down
-            self._cy.request_registered_call(self._cq, self._cq, m.spec.name, (_REQUEST, m))
+        try:
+            self._cy.request_registered_call(self._cq, self._cq, m.spec.name, m.request_tag)
+        except ValueError:  # raised once the server is shutting down (cheaper than suppress)
+            return
 
     def _loop(self) -> None:
         state = self._state
+        lock = state.lock
+        started = gserver._ServerStage.STARTED
         poll = self._cq.poll
         timeout = cygrpc.CompletionType.queue_timeout
         period = gserver._DEALLOCATED_SERVER_CHECK_PERIOD_S
         process = gserver._process_event_and_continue
+        receive = cygrpc.ReceiveMessageOperation
+        clock = time.time
+        request = self._request
+        received = self._received
+        for m in self._methods:
+            if m.tally is not None:
+                m.cells = m.tally.cells()  # this thread's, written here without a lock
         while True:
-            ev = poll(time.time() + period)
+            ev = poll(clock() + period)
             if state.server_deallocated:
                 gserver._begin_shutdown_once(state)
             if ev.completion_type == timeout:
@@ -272,47 +279,45 @@ class FastPath:
             tag = ev.tag
             if type(tag) is tuple:  # ours; grpcio's tags are objects, strings and callables
                 try:
-                    self._event(tag, ev)
+                    what = tag[0]
+                    if what == _RECEIVED:
+                        m = tag[1]
+                        received(m, tag[2], ev, m.cells)
+                    elif what == _REQUEST and ev.success:  # else shutting down: no more calls
+                        m = tag[1]
+                        with lock:
+                            if state.stage is started:
+                                request(m)
+                        ev.call.start_server_batch((receive(_FLAGS),), (_RECEIVED, m, ev))
+                    # _SENT: nothing to do (the tag kept the call referenced until then)
                 except Exception:  # pragma: no cover - a bug here must not stop the loop
                     _LOG.exception("fast path: event handling failed")
             elif not process(state, ev):
                 return  # grpcio's server has stopped
-            ev = None  # as grpcio: drop the event (and its call) before polling again
+            ev = tag = None  # as grpcio: drop the event (and its call) before polling again
 
-    def _event(self, tag: tuple[int, Any], ev: Any) -> None:
-        what, obj = tag
-        if what == _RECEIVED:
-            self._received(obj, ev)
-        elif what == _REQUEST:
-            if not ev.success:
-                return  # the server is shutting down: no more calls
-            with self._state.lock:
-                if self._state.stage is gserver._ServerStage.STARTED:
-                    self._request(obj)
-            c = _Call(obj, ev)
-            ev.call.start_server_batch((cygrpc.ReceiveMessageOperation(_FLAGS),), (_RECEIVED, c))
-        # _SENT: nothing to do (the tag kept the call referenced until then)
-
-    def _received(self, c: _Call, ev: Any) -> None:
+    def _received(self, m: _Method, rev: Any, ev: Any, cells: list[float] | None) -> None:
+        """`rev` is the call's RequestCallEvent, `ev` the completion of its receive;
+        `cells` this thread's Tally cells for `m` (None: look them up)."""
         payload = ev.batch_operations[0].message() if ev.success else None
+        call = rev.call
         if payload is None:
-            method = c.method.spec.name
             self._finish(
-                c,
+                call,
                 _status_ops(
                     grpc.StatusCode.UNIMPLEMENTED,
-                    f'"{method}" requires exactly one request message.',
+                    f'"{m.spec.name}" requires exactly one request message.',
                     None,
                 ),
             )
             return
-        spec = c.method.spec
+        spec = m.spec
         try:
             request = spec.request_deserializer(payload)
         except Exception:
             _LOG.exception("fast path: cannot deserialize a %s request", spec.name)
             self._finish(
-                c,
+                call,
                 _status_ops(grpc.StatusCode.INTERNAL, "Exception deserializing request!", None),
             )
             return
@@ -322,24 +327,24 @@ class FastPath:
             blocks = True  # let the handler (on the pool) report it
         if blocks:
             try:
-                self._pool.submit(self._handle, c, request)
+                self._pool.submit(self._handle, m, rev, request, None)
             except RuntimeError:  # the pool is shut down: the process is going away
                 self._finish(
-                    c, _status_ops(grpc.StatusCode.UNAVAILABLE, "server shutting down", None)
+                    call, _status_ops(grpc.StatusCode.UNAVAILABLE, "server shutting down", None)
                 )
         else:
-            self._handle(c, request)
+            self._handle(m, rev, request, cells)
 
-    def _handle(self, c: _Call, request: Any) -> None:
-        m = c.method
-        ctx = _Context(c.event)
-        t0 = time.perf_counter()
+    def _handle(self, m: _Method, rev: Any, request: Any, cells: list[float] | None) -> None:
+        ctx = _Context(rev)
+        call = rev.call
+        t0 = perf_counter()
         try:
             response = m.spec.handler(request, cast(grpc.ServicerContext, ctx))
         except _Abort:
-            self._count(m, t0, ctx.code_ or grpc.StatusCode.UNKNOWN)
+            self._count(m, t0, ctx.code_ or grpc.StatusCode.UNKNOWN, cells)
             self._finish(
-                c,
+                call,
                 _status_ops(
                     ctx.code_ or grpc.StatusCode.UNKNOWN, ctx.details_ or "", ctx.trailing_
                 ),
@@ -347,9 +352,9 @@ class FastPath:
             return
         except Exception as e:
             _LOG.exception("fast path: %s failed", m.spec.name)
-            self._count(m, t0, grpc.StatusCode.UNKNOWN)
+            self._count(m, t0, grpc.StatusCode.UNKNOWN, cells)
             self._finish(
-                c,
+                call,
                 _status_ops(
                     grpc.StatusCode.UNKNOWN, f"Exception calling application: {e}", ctx.trailing_
                 ),
@@ -359,32 +364,37 @@ class FastPath:
             body = m.spec.response_serializer(response)
         except Exception:
             _LOG.exception("fast path: cannot serialize a %s response", m.spec.name)
-            self._count(m, t0, grpc.StatusCode.INTERNAL)
+            self._count(m, t0, grpc.StatusCode.INTERNAL, cells)
             self._finish(
-                c, _status_ops(grpc.StatusCode.INTERNAL, "Failed to serialize response!", None)
+                call, _status_ops(grpc.StatusCode.INTERNAL, "Failed to serialize response!", None)
             )
             return
         code = ctx.code_
-        if code is None or code is grpc.StatusCode.OK:
-            if m.observe is not None:
-                m.observe(time.perf_counter() - t0)
-                m.ok.inc()
+        if code is None or code is _OK_CODE:
+            if m.tally is not None:
+                dt = perf_counter() - t0
+                if cells is None:
+                    cells = m.tally.cells()
+                cells[CALL_OK] += 1
+                cells[CALL_BUCKET0 + bisect_left(BOUNDS, dt)] += 1
+                cells[CALL_SECONDS] += dt
             if ctx.details_ is None and ctx.trailing_ is None:
                 # Operations are per batch (they hold their C buffers until it completes).
-                self._finish(
-                    c,
+                call.start_server_batch(
                     (
-                        cygrpc.SendInitialMetadataOperation(None, _FLAGS),
-                        cygrpc.SendMessageOperation(body, _FLAGS),
-                        cygrpc.SendStatusFromServerOperation(None, _OK, b"", _FLAGS),
+                        _SendInitialMetadata(None, _FLAGS),
+                        _SendMessage(body, _FLAGS),
+                        _SendStatus(None, _OK, b"", _FLAGS),
+                        _ReceiveClose(_FLAGS),
                     ),
+                    (_SENT, call),
                 )
                 return
-            code = grpc.StatusCode.OK
+            code = _OK_CODE
         else:
-            self._count(m, t0, code)
+            self._count(m, t0, code, cells)
         self._finish(
-            c,
+            call,
             (
                 cygrpc.SendInitialMetadataOperation(None, _FLAGS),
                 cygrpc.SendMessageOperation(body, _FLAGS),
@@ -398,14 +408,18 @@ class FastPath:
         )
 
     @staticmethod
-    def _count(m: _Method, t0: float, code: grpc.StatusCode) -> None:
-        if m.observe is not None:
-            m.observe(time.perf_counter() - t0)
+    def _count(m: _Method, t0: float, code: grpc.StatusCode, cells: list[float] | None) -> None:
+        if m.tally is not None:
+            dt = perf_counter() - t0
+            if cells is None:
+                cells = m.tally.cells()
+            cells[CALL_BUCKET0 + bisect_left(BOUNDS, dt)] += 1
+            cells[CALL_SECONDS] += dt
             m.handled.labels(m.label, code.name).inc()
 
     @staticmethod
-    def _finish(c: _Call, ops: tuple[Any, ...]) -> None:
+    def _finish(call: Any, ops: tuple[Any, ...]) -> None:
         """The call's last batch: the response and status, and the client's close (a unary
         client has half-closed with its request; waiting for it here rather than in a batch
         of its own saves a completion per call, and nothing here needs it earlier)."""
-        c.call.start_server_batch((*ops, cygrpc.ReceiveCloseOnServerOperation(_FLAGS)), (_SENT, c))
+        call.start_server_batch((*ops, cygrpc.ReceiveCloseOnServerOperation(_FLAGS)), (_SENT, call))

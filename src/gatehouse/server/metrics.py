@@ -6,13 +6,14 @@ Labels never carry ids: only method names, status codes and decision results.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gatehouse.engine.state import DecisionState
@@ -36,6 +37,73 @@ _BUCKETS = (
     5.0,
     10.0,
 )
+
+
+# `grpc_server_handling_seconds` bucket bounds with the implicit +Inf, for `bisect_left`: an
+# observation lands in the first bucket whose bound is >= it, as Histogram.observe does.
+BOUNDS: tuple[float, ...] = (*_BUCKETS, float("inf"))
+
+
+class Tally:
+    """Sums that any number of threads add to without a lock: every thread adds into a list of
+    its own (`cells()`), which no other thread writes, so no update is lost whatever the
+    interpreter does between reading and writing a cell; `totals()` adds up every thread's.
+
+    The hot RPCs count and time themselves here (a few list stores) rather than through
+    prometheus_client's children (two lock round trips and several Python calls each); the
+    exported samples include these totals (`_Merged`), so a scrape sees the same numbers."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._rows: list[list[float]] = []
+
+    def cells(self) -> list[float]:
+        """The calling thread's cells."""
+        try:
+            cells: list[float] = self._local.cells
+        except AttributeError:
+            cells = [0] * self.size
+            with self._lock:
+                self._rows.append(cells)
+            self._local.cells = cells
+        return cells
+
+    def totals(self) -> list[float]:
+        with self._lock:
+            rows = list(self._rows)
+        return [sum(col) for col in zip(*rows, strict=True)] if rows else [0] * self.size
+
+
+# A method's Tally: calls answered OK, then one cell per bucket of BOUNDS, then the seconds.
+CALL_OK = 0
+CALL_BUCKET0 = 1
+CALL_SECONDS = CALL_BUCKET0 + len(BOUNDS)
+# The decisions Tally: allowed, denied.
+ALLOW, DENY = 0, 1
+
+
+class _Merged(Collector):
+    """A prometheus_client metric as registered, each sample raised by what `extra()` (called
+    once per scrape, so every sample of it adds up from the same totals) returns for it."""
+
+    def __init__(self, metric: Any, extra: Callable[[], Callable[[Any], float]]) -> None:
+        self._metric = metric
+        self._extra = extra
+
+    def describe(self) -> Iterable[Metric]:
+        described: Iterable[Metric] = self._metric.describe()
+        return described
+
+    def collect(self) -> Iterable[Metric]:
+        add = self._extra()
+        for family in self._metric.collect():
+            family.samples = [
+                s._replace(value=s.value + extra) if (extra := add(s)) else s
+                for s in family.samples
+            ]
+            yield family
 
 
 class _RejectionCollector(Collector):
@@ -72,25 +140,32 @@ class Metrics:
         self.freshness = freshness if freshness is not None else Freshness()
         self.policy_freshness = policy_freshness if policy_freshness is not None else Freshness()
         self.rejections = rejections if rejections is not None else RejectionLog()
+        # These three are registered through `_Merged`, which adds what the Tallies hold.
         self.handled = Counter(
             "grpc_server_handled_total",
             "RPCs completed on the server, by method and status code.",
             ["grpc_method", "grpc_code"],
-            registry=self.registry,
+            registry=None,
         )
         self.handling = Histogram(
             "grpc_server_handling_seconds",
             "Time to handle an RPC on the server, by method.",
             ["grpc_method"],
             buckets=_BUCKETS,
-            registry=self.registry,
+            registry=None,
         )
         self.decisions = Counter(
             "gatehouse_decisions",
             "Authorization decisions, by result (allow, deny, error).",
             ["result"],
-            registry=self.registry,
+            registry=None,
         )
+        self._calls: dict[str, Tally] = {}
+        # Allowed and denied decisions counted with `decided` (or into `decided.cells()`).
+        self.decided = Tally(2)
+        self.registry.register(_Merged(self.handled, self._handled_extra))
+        self.registry.register(_Merged(self.handling, self._handling_extra))
+        self.registry.register(_Merged(self.decisions, self._decisions_extra))
         data_rev = Gauge(
             "gatehouse_data_revision",
             "Revision of the active data snapshot.",
@@ -137,6 +212,62 @@ class Metrics:
         self.deny = self._decision["deny"]
         self.error = self._decision["error"]
         self._http: Any = None
+
+    def calls(self, method: str) -> Tally:
+        """The Tally of `method` ("package.Service/Method"), laid out as CALL_OK, CALL_BUCKET0
+        and CALL_SECONDS say: answered OK and timed calls go there instead of to the
+        `handled` and `handling` children (other codes are still counted on `handled`)."""
+        tally = self._calls.get(method)
+        if tally is None:
+            # The children exist from the start, as for every instrumented method.
+            self.handled.labels(method, grpc.StatusCode.OK.name)
+            self.handling.labels(grpc_method=method)
+            tally = self._calls[method] = Tally(CALL_SECONDS + 1)
+        return tally
+
+    def _totals(self) -> dict[str, list[float]]:
+        return {method: tally.totals() for method, tally in list(self._calls.items())}
+
+    def _handled_extra(self) -> Callable[[Any], float]:
+        totals = self._totals()
+
+        def add(sample: Any) -> float:
+            t = totals.get(sample.labels.get("grpc_method", ""))
+            if t is None or sample.labels.get("grpc_code") != "OK":
+                return 0
+            return t[CALL_OK] if sample.name.endswith("_total") else 0
+
+        return add
+
+    def _handling_extra(self) -> Callable[[Any], float]:
+        totals = self._totals()
+
+        def add(sample: Any) -> float:
+            t = totals.get(sample.labels.get("grpc_method", ""))
+            if t is None:
+                return 0
+            name = sample.name
+            if name.endswith("_bucket"):
+                upto = CALL_BUCKET0 + BOUNDS.index(float(sample.labels["le"]))
+                return sum(t[CALL_BUCKET0 : upto + 1])
+            if name.endswith("_count"):
+                return sum(t[CALL_BUCKET0:CALL_SECONDS])
+            if name.endswith("_sum"):
+                return t[CALL_SECONDS]
+            return 0
+
+        return add
+
+    def _decisions_extra(self) -> Callable[[Any], float]:
+        t = self.decided.totals()
+        by_result = {"allow": t[ALLOW], "deny": t[DENY]}
+
+        def add(sample: Any) -> float:
+            if not sample.name.endswith("_total"):
+                return 0
+            return by_result.get(sample.labels.get("result", ""), 0)
+
+        return add
 
     def decision(self, result: str, n: int = 1) -> None:
         child = self._decision.get(result)

@@ -35,7 +35,7 @@ from gatehouse.graph.tuples import (
 from gatehouse.observability.decision_log import DecisionLog
 from gatehouse.server.cache import CheckFn, direct_check
 from gatehouse.server.fastpath import FastMethod
-from gatehouse.server.metrics import Metrics
+from gatehouse.server.metrics import ALLOW, DENY, Metrics
 from gatehouse.server.status import Freshness, RejectionLog
 from gatehouse.v1 import decision_pb2 as pb
 from gatehouse.v1 import decision_pb2_grpc as pb_grpc
@@ -213,7 +213,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         service = f"/{pb.DESCRIPTOR.services_by_name['DecisionService'].full_name}"
 
         def check_blocks(r: pb.CheckRequest) -> bool:
-            return r.at_least_revision > self.state.store.current.revision
+            at_least = r.at_least_revision  # almost always 0: no revision to compare with
+            return at_least > 0 and at_least > self.state.store.current.revision
 
         def batch_blocks(r: pb.CheckBatchRequest) -> bool:
             at_least = r.at_least_revision
@@ -250,30 +251,40 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         # cache, `_decide` inlined (parsed refs from the tables, one call into the engine).
         try:
             at_least = request.at_least_revision
-            view = self._view(context, at_least) if at_least > 0 else self.state.view()
+            state = self.state
+            policy = state.policy
+            if at_least > 0 or policy is None or not state.data_ready:
+                view = self._view(context, at_least) if at_least > 0 else state.view()
+                policy, snap = view.policy, view.snapshot
+            else:  # what `state.view()` returns, without building the View
+                snap = state.store.current
             if self.decision_log is None and self.checker is direct_check:
                 s, r = request.subject, request.resource
-                d = view.policy.evaluator.check(
-                    view.snapshot,
+                d = policy.evaluator.check(
+                    snap,
                     self._subjects.get(s) or self._subject(s),
                     request.permission,
                     self._resources.get(r) or self._resource(r),
                 )
             else:
                 d = self._decide(
-                    view, request.subject, request.permission, request.resource, "Check"
+                    View(policy, snap),
+                    request.subject,
+                    request.permission,
+                    request.resource,
+                    "Check",
                 )
         except Exception as e:
             if self.metrics is not None:
                 self.metrics.error.inc()
             self._abort(context, e)
         if self.metrics is not None:
-            (self.metrics.allow if d.allowed else self.metrics.deny).inc()
+            self.metrics.decided.cells()[ALLOW if d.allowed else DENY] += 1
         return pb.CheckResponse(
             allowed=d.allowed,
             revision=d.revision,
             reason=d.reason,
-            policy_revision=view.policy.revision,
+            policy_revision=policy.revision,
         )
 
     def CheckBatch(
