@@ -71,6 +71,15 @@ typedef struct {
     int64_t *closure_rids; /* relations whose usersets are pure reachability */
     Py_ssize_t nclosure;
     int max_depth;
+    /* what check() needs besides the nodes (set by bind) */
+    PyObject *it;        /* the interner the nodes were compiled against */
+    PyObject *entries;   /* dict: resource type -> dict: permission -> entry node */
+    PyObject *types;     /* the schema's types: plain subjects the compiled check covers */
+    PyObject *wildcards; /* interner.wildcards: type -> oid of "type:*" */
+    PyObject *find;      /* the interner's object lookup (graph._pack.find) */
+    PyObject *decision;  /* the Decision class (a tuple subclass) */
+    PyObject *no_path;   /* the deny reason */
+    Py_ssize_t nkeys;    /* len(interner.rel_names) when compiled */
     /* the snapshot last run on */
     PyObject *snap;
     Index f, r;
@@ -919,6 +928,13 @@ static int Program_traverse(Program *self, visitproc visit, void *arg)
     Py_VISIT(self->depth_exc);
     Py_VISIT(self->depth_msg);
     Py_VISIT(self->snap);
+    Py_VISIT(self->it);
+    Py_VISIT(self->entries);
+    Py_VISIT(self->types);
+    Py_VISIT(self->wildcards);
+    Py_VISIT(self->find);
+    Py_VISIT(self->decision);
+    Py_VISIT(self->no_path);
     Py_VISIT(self->f.ov);
     Py_VISIT(self->f.ovl);
     Py_VISIT(self->r.ov);
@@ -936,6 +952,13 @@ static int Program_clear(Program *self)
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->depth_exc);
     Py_CLEAR(self->depth_msg);
+    Py_CLEAR(self->it);
+    Py_CLEAR(self->entries);
+    Py_CLEAR(self->types);
+    Py_CLEAR(self->wildcards);
+    Py_CLEAR(self->find);
+    Py_CLEAR(self->decision);
+    Py_CLEAR(self->no_path);
     return 0;
 }
 
@@ -1360,11 +1383,240 @@ static PyObject *kernel_names(PyObject *mod, PyObject *const *args, Py_ssize_t n
     return out;
 }
 
+/* ---- check: the whole compiled check in one call ----------------------------------- */
+
+static PyObject *s_interner, *s_names, *s_rel_names, *s_type, *s_id, *s_relation, *s_revision;
+
+/* bind(interner, nkeys, entries, types, find, decision): what check() needs; nkeys is the
+ * interner's relation key count the nodes were compiled at (the names table is the one
+ * given to __init__). */
+static PyObject *Program_bind(Program *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyDict_Check(args[2]) || !PyAnySet_Check(args[3]) ||
+        !PyType_Check(args[5]) || !PyType_IsSubtype((PyTypeObject *)args[5], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "bind(interner, nkeys, entries: dict, types: set, "
+                                         "find, decision: tuple type)");
+        return NULL;
+    }
+    Py_ssize_t nkeys = PyLong_AsSsize_t(args[1]);
+    if (nkeys == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *wild = PyObject_GetAttrString(args[0], "wildcards");
+    if (!wild)
+        return NULL;
+    if (!PyDict_Check(wild)) {
+        Py_DECREF(wild);
+        PyErr_SetString(PyExc_TypeError, "bind: not an interner");
+        return NULL;
+    }
+    self->nkeys = nkeys;
+    Py_XSETREF(self->wildcards, wild);
+    Py_XSETREF(self->it, Py_NewRef(args[0]));
+    Py_XSETREF(self->entries, Py_NewRef(args[2]));
+    Py_XSETREF(self->types, Py_NewRef(args[3]));
+    Py_XSETREF(self->find, Py_NewRef(args[4]));
+    Py_XSETREF(self->decision, Py_NewRef(args[5]));
+    if (!self->no_path && !(self->no_path = PyUnicode_InternFromString("no_path")))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* "type:id" (the interner's object name) */
+static PyObject *join_name(PyObject *type, PyObject *id)
+{
+    if (PyUnicode_IS_ASCII(type) && PyUnicode_IS_ASCII(id)) {
+        Py_ssize_t a = PyUnicode_GET_LENGTH(type), b = PyUnicode_GET_LENGTH(id);
+        PyObject *s = PyUnicode_New(a + 1 + b, 127);
+        if (!s)
+            return NULL;
+        char *d = (char *)PyUnicode_DATA(s);
+        memcpy(d, PyUnicode_DATA(type), (size_t)a);
+        d[a] = ':';
+        memcpy(d + a + 1, PyUnicode_DATA(id), (size_t)b);
+        return s;
+    }
+    return PyUnicode_FromFormat("%U:%U", type, id);
+}
+
+/* the oid of "type:id", or -1 */
+static int64_t find_object(Program *p, PyObject *type, PyObject *id)
+{
+    PyObject *name = join_name(type, id);
+    if (!name)
+        return -2;
+    PyObject *args[2] = {p->it, name};
+    PyObject *r = PyObject_Vectorcall(p->find, args, 2, NULL);
+    Py_DECREF(name);
+    if (!r)
+        return -2;
+    long long o = PyLong_AsLongLong(r);
+    Py_DECREF(r);
+    return (o == -1 && PyErr_Occurred()) ? -2 : o;
+}
+
+static PyObject *make_decision(Program *p, int allowed, PyObject *rev, PyObject *reason)
+{
+    PyTypeObject *t = (PyTypeObject *)p->decision;
+    PyObject *d = t->tp_alloc(t, 3); /* as tuple.__new__ does for a subclass */
+    if (!d)
+        return NULL;
+    PyTuple_SET_ITEM(d, 0, Py_NewRef(allowed ? Py_True : Py_False));
+    PyTuple_SET_ITEM(d, 1, Py_NewRef(rev));
+    PyTuple_SET_ITEM(d, 2, Py_NewRef(reason));
+    return d;
+}
+
+/* attribute `name` of o if it is a str, else NULL; *out gets a new reference */
+static int str_attr(PyObject *o, PyObject *name, PyObject **out)
+{
+    *out = PyObject_GetAttr(o, name);
+    if (!*out)
+        return -1;
+    if (!PyUnicode_CheckExact(*out)) {
+        Py_CLEAR(*out);
+        return 1;
+    }
+    return 0;
+}
+
+/* check(snap, subject, permission, resource, closures) -> Decision, or None when the
+ * compiled check does not cover the query (the caller takes the general path): a subject
+ * with a relation or of an unknown type, a type or permission without a compiled entry, a
+ * program compiled for another interner state or a closure table for another snapshot,
+ * data the compiled plan does not cover (the nodes raise the fallback exception). */
+static PyObject *Program_check(Program *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "check(snap, subject, permission, resource, closures)");
+        return NULL;
+    }
+    if (!self->it || !self->nodes)
+        Py_RETURN_NONE;
+    PyObject *snap = args[0], *subject = args[1], *perm = args[2], *res = args[3];
+    PyObject *held = args[4];
+    if (!PyTuple_Check(held) || PyTuple_GET_SIZE(held) != 3 || PyTuple_GET_ITEM(held, 0) != snap)
+        Py_RETURN_NONE;
+    /* compiled for this interner, at its current relation count and names table */
+    PyObject *it = PyObject_GetAttr(snap, s_interner);
+    if (!it)
+        return NULL;
+    int same = it == self->it;
+    Py_DECREF(it);
+    if (!same)
+        Py_RETURN_NONE;
+    PyObject *names = PyObject_GetAttr(self->it, s_names);
+    PyObject *rel = names ? PyObject_GetAttr(self->it, s_rel_names) : NULL;
+    same = rel && names == self->names && PyList_Check(rel) && PyList_GET_SIZE(rel) == self->nkeys;
+    Py_XDECREF(names);
+    Py_XDECREF(rel);
+    if (!rel)
+        return NULL;
+    if (!same)
+        Py_RETURN_NONE;
+    PyObject *rtype = NULL, *rid = NULL, *stype = NULL, *sid = NULL, *srel = NULL, *rev = NULL;
+    PyObject *out = NULL;
+    int rc;
+    if ((rc = str_attr(res, s_type, &rtype)) || (rc = str_attr(res, s_id, &rid)) ||
+        (rc = str_attr(subject, s_type, &stype)) || (rc = str_attr(subject, s_id, &sid)))
+        goto unusual;
+    srel = PyObject_GetAttr(subject, s_relation);
+    if (!srel)
+        goto done;
+    if (srel != Py_None || !PyUnicode_CheckExact(perm))
+        goto unusual_ok;
+    PyObject *perms = PyDict_GetItemWithError(self->entries, rtype);
+    PyObject *entry = perms && PyDict_Check(perms) ? PyDict_GetItemWithError(perms, perm) : NULL;
+    if (!entry) {
+        if (PyErr_Occurred())
+            goto done;
+        goto unusual_ok;
+    }
+    int known = PySet_Contains(self->types, stype);
+    if (known < 0)
+        goto done;
+    if (!known)
+        goto unusual_ok;
+    long idx = PyLong_AsLong(entry);
+    if (idx == -1 && PyErr_Occurred())
+        goto done;
+    if (idx < 0 || idx >= self->nnodes) {
+        PyErr_SetString(PyExc_ValueError, "kernel: entry out of range");
+        goto done;
+    }
+    rev = PyObject_GetAttr(snap, s_revision);
+    if (!rev)
+        goto done;
+    int64_t oid = find_object(self, rtype, rid);
+    if (oid == -2)
+        goto done;
+    if (oid < 0) {
+        out = make_decision(self, 0, rev, self->no_path);
+        goto done;
+    }
+    int64_t so = find_object(self, stype, sid);
+    if (so == -2)
+        goto done;
+    PyObject *w = PyDict_GetItemWithError(self->wildcards, stype);
+    if (!w && PyErr_Occurred())
+        goto done;
+    long long wo = w ? PyLong_AsLongLong(w) : -1;
+    if (wo == -1 && PyErr_Occurred())
+        goto done;
+    if (bind_snap(self, snap) < 0)
+        goto done;
+    /* as run(): the run holds its snapshot and reads through copies of the views */
+    PyObject *held_snap = Py_NewRef(self->snap);
+    Query q = {self,
+               view_of(&self->f),
+               view_of(&self->r),
+               self->ver,
+               so < 0 ? -1 : so << REL_BITS,
+               wo < 0 ? -1 : wo << REL_BITS,
+               PyTuple_GET_ITEM(held, 2),
+               PyTuple_GET_ITEM(held, 1),
+               NULL,
+               0,
+               NULL,
+               0,
+               0};
+    PyObject *r = enter(&q, (int)idx, oid);
+    Py_DECREF(held_snap);
+    memo_clear(&q);
+    Py_XDECREF(q.members);
+    if (!r) {
+        if (PyErr_ExceptionMatches(self->fallback)) {
+            PyErr_Clear();
+            goto unusual_ok;
+        }
+        goto done;
+    }
+    out = r == Py_None ? make_decision(self, 0, rev, self->no_path) : make_decision(self, 1, rev, r);
+    Py_DECREF(r);
+    goto done;
+unusual:
+    if (rc < 0)
+        goto done;
+unusual_ok:
+    out = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(rtype);
+    Py_XDECREF(rid);
+    Py_XDECREF(stype);
+    Py_XDECREF(sid);
+    Py_XDECREF(srel);
+    Py_XDECREF(rev);
+    return out;
+}
+
 static PyMethodDef Program_methods[] = {
     {"run", (PyCFunction)(void (*)(void))Program_run, METH_FASTCALL,
      "run(snap, entry, oid, sk, wk, members, cache) -> reason or None"},
     {"closure", (PyCFunction)(void (*)(void))Program_closure, METH_FASTCALL,
      "closure(snap, sk, wk) -> (userset keys, truncated)"},
+    {"bind", (PyCFunction)(void (*)(void))Program_bind, METH_FASTCALL,
+     "bind(interner, nkeys, entries, types, find, decision): what check() needs"},
+    {"check", (PyCFunction)(void (*)(void))Program_check, METH_FASTCALL,
+     "check(snap, subject, permission, resource, closures) -> Decision, or None"},
     {"revs", (PyCFunction)(void (*)(void))Program_revs, METH_FASTCALL,
      "revs(snap, oids, srel, rid) -> the resources holding rid to any (oid, srel)"},
     {"nested", (PyCFunction)(void (*)(void))Program_nested, METH_FASTCALL,
@@ -1401,6 +1653,16 @@ static struct PyModuleDef kernel_module = {
 PyMODINIT_FUNC PyInit__kernel(void)
 {
     if (PyType_Ready(&ProgramType) < 0)
+        return NULL;
+    s_interner = PyUnicode_InternFromString("interner");
+    s_names = PyUnicode_InternFromString("names");
+    s_rel_names = PyUnicode_InternFromString("rel_names");
+    s_type = PyUnicode_InternFromString("type");
+    s_id = PyUnicode_InternFromString("id");
+    s_relation = PyUnicode_InternFromString("relation");
+    s_revision = PyUnicode_InternFromString("revision");
+    if (!s_interner || !s_names || !s_rel_names || !s_type || !s_id || !s_relation ||
+        !s_revision)
         return NULL;
     PyObject *m = PyModule_Create(&kernel_module);
     if (!m)

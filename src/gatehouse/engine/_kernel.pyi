@@ -1,6 +1,7 @@
 """Type stub of the C kernel (src/gatehouse/engine/_kernel.c)."""
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 class Program:
     def __init__(
@@ -18,6 +19,19 @@ class Program:
         max_depth: int,
     ) -> None: ...
     def closure(self, snap: object, sk: int, wk: int, /) -> tuple[set[int], bool]: ...
+    def bind(
+        self,
+        interner: object,
+        nkeys: int,
+        entries: dict[str, dict[str, int]],
+        types: frozenset[str],
+        find: Callable[[object, str], int],
+        decision: type[tuple[bool, int, str]],
+        /,
+    ) -> None: ...
+    def check(
+        self, snap: object, subject: object, permission: str, resource: object, closures: object, /
+    ) -> Any: ...
     def revs(self, snap: object, oids: bytes, srel: int, rid: int, /) -> bytes: ...
     def nested(self, snap: object, seeds: bytes, rid: int, /) -> bytes: ...
     def run(

@@ -217,6 +217,20 @@ class Evaluator:
     def check(
         self, snap: Snapshot, subject: SubjectRef, permission: str, resource: ObjectRef
     ) -> Decision:
+        prog = self._prog
+        if prog is not None and prog.kernel is not None:
+            # The whole compiled check in one C call; None when it does not cover the
+            # query (then the path below decides, and refreshes what the kernel needs).
+            d: Decision | None = prog.kernel.check(
+                snap, subject, permission, resource, prog.closures
+            )
+            if d is not None:
+                return d
+        return self._check_compiled(snap, subject, permission, resource)
+
+    def _check_compiled(
+        self, snap: Snapshot, subject: SubjectRef, permission: str, resource: ObjectRef
+    ) -> Decision:
         it = snap.interner
         prog = self._prog
         if prog is None or prog.stale(it):
@@ -269,44 +283,23 @@ class Evaluator:
         prog = self._prog
         if prog is None or prog.stale(it):
             prog = self._program(it)
-        kern = prog.kernel
-        if kern is None:
+        if prog.kernel is None:
             return [self.check(snap, s, p, r) for s, p, r in queries]
         held = prog.closures
         if held[0] is not snap:
             held = prog.closures = self._closures(prog, snap)
-        members, cache = held[2], held[1]
-        fns, knodes, types = prog.fns, prog.knodes, prog.types
-        find, run, wild = _pack.find, kern.run, it.wildcards.get
-        rev = snap.revision
-        deny = Decision(False, rev, "no_path")
+        kcheck = prog.kernel.check
         out: list[Decision] = []
         add = out.append
         for subject, permission, resource in queries:
-            fn = fns.get((resource.type, permission))
-            if fn is None or subject.relation is not None or subject.type not in types:
-                add(self.check(snap, subject, permission, resource))
-                continue
-            oid = find(it, f"{resource.type}:{resource.id}")
-            if oid < 0:
-                add(deny)
-                continue
-            s = find(it, f"{subject.type}:{subject.id}")
-            w = wild(subject.type)
-            try:
-                reason = run(
-                    snap,
-                    knodes[fn],
-                    oid,
-                    -1 if s < 0 else s << REL_BITS,
-                    -1 if w is None else w << REL_BITS,
-                    members,
-                    cache,
-                )
-            except _Fallback:
-                add(self._check_general(snap, subject, permission, resource))
-                continue
-            add(deny if reason is None else Decision(True, rev, reason))
+            d: Decision | None = kcheck(snap, subject, permission, resource, held)
+            if d is None:
+                add(self._check_compiled(snap, subject, permission, resource))
+                prog = self._prog  # recompiled if the interner gained a relation meanwhile
+                if prog is not None and prog.kernel is not None:
+                    kcheck, held = prog.kernel.check, prog.closures
+            else:
+                add(d)
         return out
 
     def _check_general(
@@ -1231,7 +1224,7 @@ class _Program:
         self.kernel = _kernel.Program(
             out,
             relkind,
-            self.it.names,
+            self.names,
             self.it.obj_type,
             self.it.subject_str,
             [key.partition("#")[2] for key in self.it.rel_names[: self.nrel]],
@@ -1242,6 +1235,11 @@ class _Program:
             max_depth,
         )
         self.knodes = entries
+        by_type: dict[str, dict[str, int]] = {}
+        for (tname, name), f in self.fns.items():
+            if f is not None:
+                by_type.setdefault(tname, {})[name] = entries[f]
+        self.kernel.bind(self.it, self.nrel, by_type, self.types, _pack.find, Decision)
         k = self.kernel
         self.sets = _Sets(k.revs, k.nested, _kernel.union, _kernel.intersect, _kernel.names)
 
