@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_find.h" /* the interner's lookup, from src/gatehouse/graph */
+
 #define REL_BITS 12
 #define REL_MASK ((1LL << REL_BITS) - 1)
 #define F_US (1LL << 43)
@@ -76,7 +78,6 @@ typedef struct {
     PyObject *entries;   /* dict: resource type -> dict: permission -> entry node */
     PyObject *types;     /* the schema's types: plain subjects the compiled check covers */
     PyObject *wildcards; /* interner.wildcards: type -> oid of "type:*" */
-    PyObject *find;      /* the interner's object lookup (graph._pack.find) */
     PyObject *decision;  /* the Decision class (a tuple subclass) */
     PyObject *no_path;   /* the deny reason */
     Py_ssize_t nkeys;    /* len(interner.rel_names) when compiled */
@@ -932,7 +933,6 @@ static int Program_traverse(Program *self, visitproc visit, void *arg)
     Py_VISIT(self->entries);
     Py_VISIT(self->types);
     Py_VISIT(self->wildcards);
-    Py_VISIT(self->find);
     Py_VISIT(self->decision);
     Py_VISIT(self->no_path);
     Py_VISIT(self->f.ov);
@@ -956,7 +956,6 @@ static int Program_clear(Program *self)
     Py_CLEAR(self->entries);
     Py_CLEAR(self->types);
     Py_CLEAR(self->wildcards);
-    Py_CLEAR(self->find);
     Py_CLEAR(self->decision);
     Py_CLEAR(self->no_path);
     return 0;
@@ -1387,15 +1386,15 @@ static PyObject *kernel_names(PyObject *mod, PyObject *const *args, Py_ssize_t n
 
 static PyObject *s_interner, *s_names, *s_rel_names, *s_type, *s_id, *s_relation, *s_revision;
 
-/* bind(interner, nkeys, entries, types, find, decision): what check() needs; nkeys is the
+/* bind(interner, nkeys, entries, types, decision): what check() needs; nkeys is the
  * interner's relation key count the nodes were compiled at (the names table is the one
  * given to __init__). */
 static PyObject *Program_bind(Program *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6 || !PyDict_Check(args[2]) || !PyAnySet_Check(args[3]) ||
-        !PyType_Check(args[5]) || !PyType_IsSubtype((PyTypeObject *)args[5], &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "bind(interner, nkeys, entries: dict, types: set, "
-                                         "find, decision: tuple type)");
+    if (nargs != 5 || !PyDict_Check(args[2]) || !PyAnySet_Check(args[3]) ||
+        !PyType_Check(args[4]) || !PyType_IsSubtype((PyTypeObject *)args[4], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "bind(interner, nkeys, entries: dict, types: set, decision: tuple type)");
         return NULL;
     }
     Py_ssize_t nkeys = PyLong_AsSsize_t(args[1]);
@@ -1414,8 +1413,7 @@ static PyObject *Program_bind(Program *self, PyObject *const *args, Py_ssize_t n
     Py_XSETREF(self->it, Py_NewRef(args[0]));
     Py_XSETREF(self->entries, Py_NewRef(args[2]));
     Py_XSETREF(self->types, Py_NewRef(args[3]));
-    Py_XSETREF(self->find, Py_NewRef(args[4]));
-    Py_XSETREF(self->decision, Py_NewRef(args[5]));
+    Py_XSETREF(self->decision, Py_NewRef(args[4]));
     if (!self->no_path && !(self->no_path = PyUnicode_InternFromString("no_path")))
         return NULL;
     Py_RETURN_NONE;
@@ -1438,20 +1436,17 @@ static PyObject *join_name(PyObject *type, PyObject *id)
     return PyUnicode_FromFormat("%U:%U", type, id);
 }
 
-/* the oid of "type:id", or -1 */
-static int64_t find_object(Program *p, PyObject *type, PyObject *id)
+/* the oids of "rtype:rid" and "stype:sid" (or -1) */
+static int find_pair(Program *p, PyObject *rtype, PyObject *rid, PyObject *stype, PyObject *sid,
+                     int64_t *out)
 {
-    PyObject *name = join_name(type, id);
-    if (!name)
-        return -2;
-    PyObject *args[2] = {p->it, name};
-    PyObject *r = PyObject_Vectorcall(p->find, args, 2, NULL);
-    Py_DECREF(name);
-    if (!r)
-        return -2;
-    long long o = PyLong_AsLongLong(r);
-    Py_DECREF(r);
-    return (o == -1 && PyErr_Occurred()) ? -2 : o;
+    PyObject *names[2] = {join_name(rtype, rid), NULL};
+    if (names[0])
+        names[1] = join_name(stype, sid);
+    int rc = names[1] ? find_names(p->it, names, 2, out) : -1;
+    Py_XDECREF(names[0]);
+    Py_XDECREF(names[1]);
+    return rc;
 }
 
 static PyObject *make_decision(Program *p, int allowed, PyObject *rev, PyObject *reason)
@@ -1546,16 +1541,14 @@ static PyObject *Program_check(Program *self, PyObject *const *args, Py_ssize_t 
     rev = PyObject_GetAttr(snap, s_revision);
     if (!rev)
         goto done;
-    int64_t oid = find_object(self, rtype, rid);
-    if (oid == -2)
+    int64_t found[2];
+    if (find_pair(self, rtype, rid, stype, sid, found) < 0)
         goto done;
+    int64_t oid = found[0], so = found[1];
     if (oid < 0) {
         out = make_decision(self, 0, rev, self->no_path);
         goto done;
     }
-    int64_t so = find_object(self, stype, sid);
-    if (so == -2)
-        goto done;
     PyObject *w = PyDict_GetItemWithError(self->wildcards, stype);
     if (!w && PyErr_Occurred())
         goto done;
@@ -1614,7 +1607,7 @@ static PyMethodDef Program_methods[] = {
     {"closure", (PyCFunction)(void (*)(void))Program_closure, METH_FASTCALL,
      "closure(snap, sk, wk) -> (userset keys, truncated)"},
     {"bind", (PyCFunction)(void (*)(void))Program_bind, METH_FASTCALL,
-     "bind(interner, nkeys, entries, types, find, decision): what check() needs"},
+     "bind(interner, nkeys, entries, types, decision): what check() needs"},
     {"check", (PyCFunction)(void (*)(void))Program_check, METH_FASTCALL,
      "check(snap, subject, permission, resource, closures) -> Decision, or None"},
     {"revs", (PyCFunction)(void (*)(void))Program_revs, METH_FASTCALL,

@@ -25,7 +25,6 @@ class Program:
         nkeys: int,
         entries: dict[str, dict[str, int]],
         types: frozenset[str],
-        find: Callable[[object, str], int],
         decision: type[tuple[bool, int, str]],
         /,
     ) -> None: ...

@@ -1239,7 +1239,7 @@ class _Program:
         for (tname, name), f in self.fns.items():
             if f is not None:
                 by_type.setdefault(tname, {})[name] = entries[f]
-        self.kernel.bind(self.it, self.nrel, by_type, self.types, _pack.find, Decision)
+        self.kernel.bind(self.it, self.nrel, by_type, self.types, Decision)
         k = self.kernel
         self.sets = _Sets(k.revs, k.nested, _kernel.union, _kernel.intersect, _kernel.names)
 

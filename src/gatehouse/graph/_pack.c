@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_find.h"
+
 static int cmp_i64(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -394,70 +396,17 @@ done:
     return result;
 }
 
-static PyObject *s_slots, *s_names; /* interned attribute names */
-
-/* find(interner, name) -> oid or -1: Interner.oid (linear probing on hash(name) over the
- * slot table, at most half full) without the interpreter's per-step cost. The interner
- * uses it, and so does the engine's compiled check. */
+/* find(interner, name) -> oid or -1: Interner.oid without the interpreter's per-step cost */
 static PyObject *pack_find(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyUnicode_Check(args[1])) {
+    if (nargs != 2 || !PyUnicode_CheckExact(args[1])) {
         PyErr_SetString(PyExc_TypeError, "find(interner, name: str)");
         return NULL;
     }
-    Py_hash_t h = PyObject_Hash(args[1]);
-    if (h == -1)
+    int64_t oid;
+    if (find_names(args[0], args + 1, 1, &oid) < 0)
         return NULL;
-    PyObject *slots = PyObject_GetAttr(args[0], s_slots);
-    if (!slots)
-        return NULL;
-    PyObject *names = PyObject_GetAttr(args[0], s_names);
-    if (!names) {
-        Py_DECREF(slots);
-        return NULL;
-    }
-    Py_buffer b;
-    long long found = -1;
-    int err = 0;
-    if (!PyList_Check(names) || PyObject_GetBuffer(slots, &b, PyBUF_SIMPLE) < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "find: not an interner");
-        Py_DECREF(slots);
-        Py_DECREF(names);
-        return NULL;
-    }
-    Py_ssize_t size = b.len / 4;
-    const int32_t *sl = b.buf;
-    if (b.len % 4 || size & (size - 1) || size == 0) {
-        PyErr_SetString(PyExc_ValueError, "find: slot table size is not a power of two");
-        err = 1;
-    } else {
-        Py_ssize_t mask = size - 1;
-        Py_ssize_t i = (Py_ssize_t)((Py_uhash_t)h & (Py_uhash_t)mask);
-        for (Py_ssize_t steps = 0; steps < size; steps++) {
-            int32_t o = sl[i];
-            if (o < 0)
-                break;
-            if (o >= PyList_GET_SIZE(names)) {
-                PyErr_SetString(PyExc_IndexError, "find: slot past the names");
-                err = 1;
-                break;
-            }
-            /* names are exact str objects: compare without calling back into Python */
-            PyObject *nm = PyList_GET_ITEM(names, o);
-            if (nm == args[1] || (PyUnicode_Check(nm) && PyUnicode_Compare(nm, args[1]) == 0)) {
-                found = o;
-                break;
-            }
-            i = (i + 1) & mask;
-        }
-    }
-    PyBuffer_Release(&b);
-    Py_DECREF(slots);
-    Py_DECREF(names);
-    if (err)
-        return NULL;
-    return PyLong_FromLongLong(found);
+    return PyLong_FromLongLong(oid);
 }
 
 static PyMethodDef pack_methods[] = {
@@ -478,10 +427,6 @@ static struct PyModuleDef pack_module = {
 
 PyMODINIT_FUNC PyInit__pack(void)
 {
-    s_slots = PyUnicode_InternFromString("_slots");
-    s_names = PyUnicode_InternFromString("names");
-    if (!s_slots || !s_names)
-        return NULL;
     PyObject *m = PyModule_Create(&pack_module);
     PyObject *layout = m ? Py_BuildValue("(iiii)", REL_BITS, F_REL, R_REL, FE_BITS) : NULL;
     if (!layout || PyModule_AddObjectRef(m, "LAYOUT", layout) < 0)
