@@ -18,7 +18,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "_find.h" /* the interner's lookup, from src/gatehouse/graph */
+#include "_common.h" /* Vec, find_names: from src/gatehouse/graph */
 
 #define REL_BITS 12
 #define REL_MASK ((1LL << REL_BITS) - 1)
@@ -528,27 +528,6 @@ static PyObject *run_node(Query *q, int idx, const int64_t *arr, Py_ssize_t lo, 
 
 /* ---- the subject's userset closure ----------------------------------------------------- */
 
-typedef struct {
-    int64_t *v;
-    Py_ssize_t n, cap;
-} Vec;
-
-static int vec_push(Vec *x, int64_t k)
-{
-    if (x->n == x->cap) {
-        Py_ssize_t cap = x->cap ? 2 * x->cap : 16;
-        int64_t *v = PyMem_Realloc(x->v, (size_t)cap * 8);
-        if (!v) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        x->v = v;
-        x->cap = cap;
-    }
-    x->v[x->n++] = k;
-    return 0;
-}
-
 /* keys are >= 0; -1 marks an empty slot. 1 added, 0 present, -1 error */
 static int set_add(Vec *t, Py_ssize_t *count, int64_t k)
 {
@@ -1056,25 +1035,6 @@ static PyObject *vec_bytes(Vec *x)
     return out;
 }
 
-static int vec_extend(Vec *x, const int64_t *v, Py_ssize_t n)
-{
-    if (x->n + n > x->cap) {
-        Py_ssize_t cap = x->cap ? x->cap : 16;
-        while (cap < x->n + n)
-            cap *= 2;
-        int64_t *nv = PyMem_Realloc(x->v, (size_t)cap * 8);
-        if (!nv) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        x->v = nv;
-        x->cap = cap;
-    }
-    memcpy(x->v + x->n, v, (size_t)n * 8);
-    x->n += n;
-    return 0;
-}
-
 /* Appends to x the oids of the resources holding relation `rid` to subject key
  * (oid << REL_BITS | srel): one run of the subject's reverse group. */
 static int rev_run(const View *r, int64_t ver, int64_t oid, int64_t srel, int64_t rid, Vec *x)
@@ -1107,30 +1067,46 @@ static int read_set(PyObject *o, Py_buffer *b)
     return get_buf(o, b, 8);
 }
 
+/* a relation id argument */
+static int rel_arg(PyObject *o, long long *out)
+{
+    *out = PyLong_AsLongLong(o);
+    if (*out == -1 && PyErr_Occurred())
+        return -1;
+    if (*out < 0 || *out > REL_MASK) {
+        PyErr_SetString(PyExc_ValueError, "kernel: relation id out of range");
+        return -1;
+    }
+    return 0;
+}
+
+/* revs() and nested(): read the oid set `set` into *in and bind `snap`; a reference that
+ * keeps the snapshot for the call, or NULL */
+static PyObject *set_call(Program *self, PyObject *snap, PyObject *set, Py_buffer *in)
+{
+    if (read_set(set, in) < 0)
+        return NULL;
+    if (bind_snap(self, snap) < 0) {
+        PyBuffer_Release(in);
+        return NULL;
+    }
+    return Py_NewRef(self->snap);
+}
+
 /* revs(snap, oids, srel, rid) -> bytes: every resource holding `rid` to a subject
  * (o << REL_BITS | srel) for o in the set `oids`. */
 static PyObject *Program_revs(Program *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    long long srel, rid;
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "revs(snap, oids, srel, rid)");
         return NULL;
     }
-    long long srel = PyLong_AsLongLong(args[2]);
-    long long rid = PyLong_AsLongLong(args[3]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (srel < 0 || srel > REL_MASK || rid < 0 || rid > REL_MASK) {
-        PyErr_SetString(PyExc_ValueError, "kernel: relation id out of range");
-        return NULL;
-    }
     Py_buffer in;
-    if (read_set(args[1], &in) < 0)
+    PyObject *snap;
+    if (rel_arg(args[2], &srel) < 0 || rel_arg(args[3], &rid) < 0 ||
+        !(snap = set_call(self, args[0], args[1], &in)))
         return NULL;
-    if (bind_snap(self, args[0]) < 0) {
-        PyBuffer_Release(&in);
-        return NULL;
-    }
-    PyObject *snap = Py_NewRef(self->snap);
     View r = view_of(&self->r);
     const int64_t *oids = in.buf;
     Vec x = {0};
@@ -1152,25 +1128,15 @@ static PyObject *Program_revs(Program *self, PyObject *const *args, Py_ssize_t n
  * than max_depth levels raises the depth error. */
 static PyObject *Program_nested(Program *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    long long rid;
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "nested(snap, seeds, rid)");
         return NULL;
     }
-    long long rid = PyLong_AsLongLong(args[2]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (rid < 0 || rid > REL_MASK) {
-        PyErr_SetString(PyExc_ValueError, "kernel: relation id out of range");
-        return NULL;
-    }
     Py_buffer in;
-    if (read_set(args[1], &in) < 0)
+    PyObject *snap;
+    if (rel_arg(args[2], &rid) < 0 || !(snap = set_call(self, args[0], args[1], &in)))
         return NULL;
-    if (bind_snap(self, args[0]) < 0) {
-        PyBuffer_Release(&in);
-        return NULL;
-    }
-    PyObject *snap = Py_NewRef(self->snap);
     View r = view_of(&self->r);
     Vec all = {0}, front = {0}, got = {0}, seen = {0};
     Py_ssize_t count = 0, n = in.len / 8;

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "_find.h"
+#include "_common.h"
 
 static int cmp_i64(const void *a, const void *b)
 {
@@ -170,28 +170,6 @@ fail:
     return NULL;
 }
 
-typedef struct {
-    int64_t *v;
-    Py_ssize_t n, cap;
-} Buf;
-
-static int buf_reserve(Buf *b, Py_ssize_t extra)
-{
-    if (b->n + extra <= b->cap)
-        return 0;
-    Py_ssize_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->n + extra)
-        cap *= 2;
-    int64_t *v = PyMem_Realloc(b->v, (size_t)cap * 8);
-    if (!v) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->v = v;
-    b->cap = cap;
-    return 0;
-}
-
 /* Appends pending entries out[0:n] to chunk `c` (an array('q')). */
 static int flush(PyObject *c, const int64_t *out, Py_ssize_t n)
 {
@@ -234,7 +212,7 @@ static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     PyObject *refs = PyList_New(0), *result = NULL;
-    Buf out = {0};
+    Vec out = {0};
     Py_ssize_t nc = PyBytes_GET_SIZE(args[6]) / 16, written = 0, net = 0;
     const uint32_t *off = ob.buf;
     const int64_t *dat = db.buf;
@@ -318,7 +296,7 @@ static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t na
         /* merge: removals and additions arrive in entry order (entries are unique) */
         const int64_t *ch = ed + 2 * i;
         Py_ssize_t nch = j - i;
-        if (buf_reserve(&out, 3 + gn + nch) < 0) {
+        if (vec_reserve(&out, 3 + gn + nch) < 0) {
             if (found)
                 PyBuffer_Release(&hold);
             Py_DECREF(obj);

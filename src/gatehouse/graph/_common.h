@@ -1,22 +1,63 @@
-/* The interner's object lookup (gatehouse.graph.store.Interner.oid) in C, shared by the
- * graph's packer (_pack.find) and the engine's compiled check (_kernel).
+/* C shared by the graph's packer (_pack) and the engine's compiled check (_kernel): a
+ * growable int64 vector, and the interner's object lookup (Interner.oid).
  *
  * The interner keeps `names` (a list of str, index = oid) and `_slots` (array('i') of a
  * power-of-two size, at most half full: oid or -1), probed linearly from hash(name). The
  * GIL is held throughout. (Interleaving the probes of two names, so that their cache misses
  * overlap, measured slower than two lookups in a row at 3*10^6 tuples: not done.)
  */
-#ifndef GATEHOUSE_FIND_H
-#define GATEHOUSE_FIND_H
+#ifndef GATEHOUSE_COMMON_H
+#define GATEHOUSE_COMMON_H
 
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    int64_t *v;
+    Py_ssize_t n, cap;
+} Vec;
+
+/* room for `extra` more items; 0, or -1 with MemoryError */
+static inline int vec_reserve(Vec *x, Py_ssize_t extra)
+{
+    if (x->n + extra <= x->cap)
+        return 0;
+    Py_ssize_t cap = x->cap ? x->cap : 16;
+    while (cap < x->n + extra)
+        cap *= 2;
+    int64_t *v = PyMem_Realloc(x->v, (size_t)cap * 8);
+    if (!v) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    x->v = v;
+    x->cap = cap;
+    return 0;
+}
+
+static inline int vec_push(Vec *x, int64_t k)
+{
+    if (vec_reserve(x, 1) < 0)
+        return -1;
+    x->v[x->n++] = k;
+    return 0;
+}
+
+static inline int vec_extend(Vec *x, const int64_t *v, Py_ssize_t n)
+{
+    if (vec_reserve(x, n) < 0)
+        return -1;
+    memcpy(x->v + x->n, v, (size_t)n * 8);
+    x->n += n;
+    return 0;
+}
 
 #define FIND_MAX 4
 
 /* Looks up names[0:n] (n <= FIND_MAX, exact str) in `interner`; out[i] is the oid or -1.
  * Returns 0, or -1 with an exception set. Several names share the attribute fetches. */
-static int find_names(PyObject *interner, PyObject *const *names, int n, int64_t *out)
+static inline int find_names(PyObject *interner, PyObject *const *names, int n, int64_t *out)
 {
     static PyObject *s_slots, *s_names;
     if (!s_slots && !(s_slots = PyUnicode_InternFromString("_slots")))
