@@ -467,9 +467,14 @@ def test_c_append_matches_set_semantics(
         ov[o] = store_mod.put_region(ovl, 9, old, array("q", [999]))
         seen[o] = sorted(groups.get(o, []))
     pairs = array("q", [x for (o, e), p in sorted(edits.items()) for x in (o, e << 1 | p)])
-    refs, size, net = store_mod._packer.append(
-        ovl, ov, off, dat, nbase, 5, pairs.tobytes(), 7, chunk
-    )
+    refs, size, net = [], 0, 0
+    i, n = 0, len(pairs) // 2
+    while i < n:  # in steps of 3 edits: each call ends at a group boundary
+        got, s, d, nxt = store_mod._packer.append(
+            ovl, ov, off, dat, nbase, 5, pairs.tobytes(), 7, chunk, i, 3
+        )
+        assert nxt > i and (nxt == n or pairs[2 * nxt] != pairs[2 * nxt - 2])
+        refs, size, net, i = refs + got, size + s, net + d, nxt
     want_net = 0
     written = {}
     for o in range(8):

@@ -180,30 +180,39 @@ static int flush(PyObject *c, const int64_t *out, Py_ssize_t n)
     return r ? 0 : -1;
 }
 
-/* append(ovl, ov, off, dat, nbase, cur, edits, ver, chunk) -> (refs, entries, net):
- * GraphStore.apply's writes to one index. `edits` are as edits() makes them. Each object's
- * group is read as the snapshot at version `cur` sees it (the newest overlay region not newer than `cur`, else the base
- * off/dat, whose first `nbase` objects it holds), edited, and appended as a region of
- * version `ver` to the overlay chunks `ovl` (a new chunk when one would pass `chunk`
- * entries). A group whose edits change nothing is not written. Returns the (object, ref)
- * pairs to link, the entries written and the net change in entries. On error the chunks
- * may hold unreferenced regions: unreachable, as nothing was linked. */
+/* append(ovl, ov, off, dat, nbase, cur, edits, ver, chunk, start, step)
+ *   -> (refs, entries, net, next):
+ * GraphStore.apply's writes to one index, from edit `start` on. `edits` are as edits()
+ * makes them. Each object's group is read as the snapshot at version `cur` sees it (the
+ * newest overlay region not newer than `cur`, else the base off/dat, whose first `nbase`
+ * objects it holds), edited, and appended as a region of version `ver` to the overlay
+ * chunks `ovl` (a new chunk when one would pass `chunk` entries). A group whose edits
+ * change nothing is not written. It stops at the first group boundary after `step` edits
+ * and returns where to go on (`next`): the caller loops, so the GIL can change hands
+ * between calls (readers wait for one call at most). Also returns the (object, ref) pairs
+ * to link, the entries written and the net change in entries. On error the chunks may
+ * hold unreferenced regions: unreachable, as nothing was linked. */
 static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9 || !PyList_Check(args[0]) || !PyDict_Check(args[1]) ||
+    if (nargs != 11 || !PyList_Check(args[0]) || !PyDict_Check(args[1]) ||
         !PyBytes_Check(args[6]) || PyBytes_GET_SIZE(args[6]) % 16 ||
         PyList_GET_SIZE(args[0]) < 1) {
         PyErr_SetString(PyExc_TypeError,
                         "append(ovl: list, ov: dict, off, dat, nbase, cur, edits: bytes, ver, "
-                        "chunk)");
+                        "chunk, start, step)");
         return NULL;
     }
     PyObject *ovl = args[0], *ov = args[1];
     const int64_t *ed = (const int64_t *)PyBytes_AS_STRING(args[6]);
     long long nbase = PyLong_AsLongLong(args[4]), cur = PyLong_AsLongLong(args[5]);
     long long ver = PyLong_AsLongLong(args[7]), chunk = PyLong_AsLongLong(args[8]);
+    Py_ssize_t start = PyLong_AsSsize_t(args[9]), step = PyLong_AsSsize_t(args[10]);
     if (PyErr_Occurred())
         return NULL;
+    if (start < 0 || start > PyBytes_GET_SIZE(args[6]) / 16 || step < 1) {
+        PyErr_SetString(PyExc_ValueError, "append: bad start or step");
+        return NULL;
+    }
     Py_buffer ob, db;
     if (PyObject_GetBuffer(args[2], &ob, PyBUF_SIMPLE) < 0)
         return NULL;
@@ -226,8 +235,8 @@ static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t na
     Py_ssize_t clen = PyObject_Size(last); /* the last chunk's length, pending included */
     if (clen < 0)
         goto done;
-    Py_ssize_t i = 0;
-    while (i < nc) {
+    Py_ssize_t i = start;
+    while (i < nc && i - start < step) {
         /* this object's edits: [i, j) */
         long long oid = ed[2 * i];
         Py_ssize_t j = i + 1;
@@ -365,7 +374,7 @@ static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t na
     }
     if (flush(last, out.v, out.n) < 0)
         goto done;
-    result = Py_BuildValue("(Onn)", refs, written, net);
+    result = Py_BuildValue("(Onnn)", refs, written, net, i);
 done:
     Py_XDECREF(refs);
     PyMem_Free(out.v);
@@ -391,7 +400,8 @@ static PyMethodDef pack_methods[] = {
     {"build", (PyCFunction)(void (*)(void))pack_build, METH_FASTCALL,
      "build(keys, ents, off, dat) -> entries kept: a packed index from (object, entry) pairs"},
     {"append", (PyCFunction)(void (*)(void))pack_append, METH_FASTCALL,
-     "append(ovl, ov, off, dat, nbase, cur, edits, ver, chunk) -> (refs, entries, net)"},
+     "append(ovl, ov, off, dat, nbase, cur, edits, ver, chunk, start, step)"
+     " -> (refs, entries, net, next)"},
     {"find", (PyCFunction)(void (*)(void))pack_find, METH_FASTCALL,
      "find(interner, name) -> the oid of name, or -1"},
     {"edits", (PyCFunction)pack_edits, METH_O,

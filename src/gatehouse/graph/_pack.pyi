@@ -13,8 +13,10 @@ def append(
     edits: bytes,
     ver: int,
     chunk: int,
+    start: int,
+    step: int,
     /,
-) -> tuple[list[tuple[int, int]], int, int]: ...
+) -> tuple[list[tuple[int, int]], int, int, int]: ...
 def edits(net: dict[int, bool], /) -> tuple[bytes, bytes]: ...
 
 LAYOUT: tuple[int, int, int, int]

@@ -68,6 +68,7 @@ _Index: TypeAlias = tuple[
     "array[int]", "array[int]", "dict[int, int]", "list[array[int]]"
 ]  # offsets, entries, overlay refs, overlay chunks
 _CHUNK = 1 << 16  # overlay entries per chunk array (bounds each append's realloc copy)
+_STEP = 128  # edits per C call of a delta's writes (each call holds the GIL throughout)
 _FE_BITS = 56  # forward and reverse entries fit in 56 bits (see the layout above)
 _FE_MASK = (1 << _FE_BITS) - 1
 if _packer is not None and _packer.LAYOUT != (REL_BITS, F_REL, R_REL, _FE_BITS):
@@ -526,12 +527,10 @@ class GraphStore:
                 # edits that change nothing are dropped there, and the net change counted).
                 f_ed, r_ed = _packer.edits(net)
                 del net
-                f_refs, f_size, delta_count = _packer.append(
-                    cur.f_ovl, cur.f_ov, cur.f_off, cur.f_dat, cur.nf, cur.ver, f_ed, ver, _CHUNK
-                )
-                r_refs, r_size, _ = _packer.append(
-                    cur.r_ovl, cur.r_ov, cur.r_off, cur.r_dat, cur.nr, cur.ver, r_ed, ver, _CHUNK
-                )
+                f = (cur.f_ovl, cur.f_ov, cur.f_off, cur.f_dat, cur.nf)
+                f_refs, f_size, delta_count = _append_c(*f, cur.ver, f_ed, ver)
+                r = (cur.r_ovl, cur.r_ov, cur.r_off, cur.r_dat, cur.nr)
+                r_refs, r_size, _ = _append_c(*r, cur.ver, r_ed, ver)
             else:
                 f_refs, f_size, r_refs, r_size, delta_count = _apply_py(cur, net, ver)
             self._ov_size += f_size + r_size
@@ -681,6 +680,29 @@ def _chunk_for(ovl: list[array[int]], n: int) -> array[int]:
         c = array("q")
         ovl.append(c)
     return c
+
+
+def _append_c(
+    ovl: list[array[int]],
+    ov: dict[int, int],
+    off: array[int],
+    dat: array[int],
+    nbase: int,
+    cur: int,
+    edits: bytes,
+    ver: int,
+) -> tuple[list[tuple[int, int]], int, int]:
+    """`_packer.append` over all `edits`, in calls of about `_STEP` edits each: between two
+    calls the GIL can pass to a reader (a C call cannot be interrupted)."""
+    refs: list[tuple[int, int]] = []
+    size = net = i = 0
+    n = len(edits) >> 4
+    while i < n:
+        got, s, d, i = _packer.append(ovl, ov, off, dat, nbase, cur, edits, ver, _CHUNK, i, _STEP)
+        refs += got
+        size += s
+        net += d
+    return refs, size, net
 
 
 def _apply_py(
