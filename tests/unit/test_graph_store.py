@@ -202,3 +202,35 @@ def test_link_is_all_or_nothing() -> None:
         store_mod._link(f_ov, [(2, 21), (3, 31)], r_ov, [(5, 51), (6, 61), (7, 71)])
     assert f_ov == {1: 10, 2: 20}
     assert dict(r_ov) == {5: 50}
+
+
+def test_background_compaction_gives_way_to_a_delta_but_is_not_starved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A compaction step waits while a delta is being applied, for a bounded time only."""
+    import time
+
+    from gatehouse.graph import store as store_mod
+
+    st = GraphStore()
+    t0 = time.monotonic()
+    st._give_way()  # no delta: no wait
+    assert time.monotonic() - t0 < store_mod._GIVE_WAY
+    st._applying = True
+    t0 = time.monotonic()
+    st._give_way()  # a delta that never ends: waits the bound, then goes on
+    assert time.monotonic() - t0 >= store_mod._GIVE_WAY
+    # a step that starts during a delta goes on once the delta is done
+    monkeypatch.setattr(store_mod, "_GIVE_WAY", 30.0)
+    done = threading.Event()
+
+    def compact_step() -> None:
+        st._give_way()
+        done.set()
+
+    th = threading.Thread(target=compact_step)
+    th.start()
+    assert not done.wait(0.05)  # still waiting for the delta
+    st._applying = False
+    assert done.wait(10)
+    th.join()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
@@ -69,6 +70,7 @@ _Index: TypeAlias = tuple[
 ]  # offsets, entries, overlay refs, overlay chunks
 _CHUNK = 1 << 16  # overlay entries per chunk array (bounds each append's realloc copy)
 _STEP = 128  # edits per C call of a delta's writes (each call holds the GIL throughout)
+_GIVE_WAY = 0.05  # longest a background compaction step waits for a delta being applied
 _FE_BITS = 56  # forward and reverse entries fit in 56 bits (see the layout above)
 _FE_MASK = (1 << _FE_BITS) - 1
 if _packer is not None and _packer.LAYOUT != (REL_BITS, F_REL, R_REL, _FE_BITS):
@@ -441,6 +443,7 @@ class GraphStore:
         self.switch_interval = switch_interval
         self.background_compaction = background_compaction
         self._compacting = False
+        self._applying = False  # a delta is being applied (a compaction gives way)
         self._compacted = threading.Event()
         self._compacted.set()
         self._ver = 0  # last overlay version handed out (never reused, even on failure)
@@ -498,68 +501,76 @@ class GraphStore:
         Raises DeltaError and changes nothing when the delta cannot be applied.
         """
         with self._write_lock, _Switch(self.switch_interval):
-            cur = self.current
-            if revision is None:
-                revision = cur.revision + 1
-            elif revision <= cur.revision:
-                raise DeltaError(f"delta revision {revision} is not newer than {cur.revision}")
-            if not delta.writes and not delta.deletes:
-                return self._publish(_same(cur, revision))
-            it = self.interner
-            # Net effect per tuple (key: oid << 56 | forward entry): deletes, then writes.
-            # Plain ints throughout, not containers per tuple or group: nothing here for a
-            # garbage collection during the delta to walk.
-            net: dict[int, bool] = {}
-            with it.lock:
-                for t in delta.deletes:
-                    k = _lookup(it, t)
-                    if k is not None:
-                        net[k[0] << _FE_BITS | _fentry(k[1], k[2])] = False
-                for t in delta.writes:
-                    oid, rid, sk = _intern(it, t)
-                    net[oid << _FE_BITS | _fentry(rid, sk)] = True
-            # A version no snapshot has read at: regions written with it stay invisible to
-            # every published snapshot until the new one is published.
-            self._ver += 1
-            ver = self._ver
-            if _packer is not None:
-                # In C: each index's edits, then its regions (a group is read once, so
-                # edits that change nothing are dropped there, and the net change counted).
-                f_ed, r_ed = _packer.edits(net)
-                del net
-                f = (cur.f_ovl, cur.f_ov, cur.f_off, cur.f_dat, cur.nf)
-                f_refs, f_size, delta_count = _append_c(*f, cur.ver, f_ed, ver)
-                r = (cur.r_ovl, cur.r_ov, cur.r_off, cur.r_dat, cur.nr)
-                r_refs, r_size, _ = _append_c(*r, cur.ver, r_ed, ver)
-            else:
-                f_refs, f_size, r_refs, r_size, delta_count = _apply_py(cur, net, ver)
-            self._ov_size += f_size + r_size
-            _link(cur.f_ov, f_refs, cur.r_ov, r_refs)
-            count = cur.count + delta_count
-            snap = Snapshot(
-                it,
-                (cur.f_off, cur.f_dat, cur.f_ov, cur.f_ovl),
-                (cur.r_off, cur.r_dat, cur.r_ov, cur.r_ovl),
-                revision,
-                count,
-                ver,
-            )
-            self._publish(snap)
-            limit = max(
-                self.min_compaction,
-                min(_MAX_OVERLAY, int((cur.nf + cur.nr) * self.compaction_ratio)),
-            )
-            big = self._ov_size > max(1 << 20, (len(cur.f_dat) + len(cur.r_dat)) >> 3)
-            if (big or len(cur.f_ov) + len(cur.r_ov) > limit) and not self._compacting:
-                self._compacting = True
-                self._compacted.clear()
-                if not self.background_compaction:
-                    self._compact(snap, locked=True)
-                    return self.current
-                threading.Thread(
-                    target=self._compact, args=(snap,), name="gatehouse-compact", daemon=True
-                ).start()
-            return snap
+            self._applying = True
+            try:
+                return self._apply(delta, revision)
+            finally:
+                self._applying = False
+
+    def _apply(self, delta: Delta, revision: int | None) -> Snapshot:
+        """`apply` under the write lock."""
+        cur = self.current
+        if revision is None:
+            revision = cur.revision + 1
+        elif revision <= cur.revision:
+            raise DeltaError(f"delta revision {revision} is not newer than {cur.revision}")
+        if not delta.writes and not delta.deletes:
+            return self._publish(_same(cur, revision))
+        it = self.interner
+        # Net effect per tuple (key: oid << 56 | forward entry): deletes, then writes.
+        # Plain ints throughout, not containers per tuple or group: nothing here for a
+        # garbage collection during the delta to walk.
+        net: dict[int, bool] = {}
+        with it.lock:
+            for t in delta.deletes:
+                k = _lookup(it, t)
+                if k is not None:
+                    net[k[0] << _FE_BITS | _fentry(k[1], k[2])] = False
+            for t in delta.writes:
+                oid, rid, sk = _intern(it, t)
+                net[oid << _FE_BITS | _fentry(rid, sk)] = True
+        # A version no snapshot has read at: regions written with it stay invisible to
+        # every published snapshot until the new one is published.
+        self._ver += 1
+        ver = self._ver
+        if _packer is not None:
+            # In C: each index's edits, then its regions (a group is read once, so
+            # edits that change nothing are dropped there, and the net change counted).
+            f_ed, r_ed = _packer.edits(net)
+            del net
+            f = (cur.f_ovl, cur.f_ov, cur.f_off, cur.f_dat, cur.nf)
+            f_refs, f_size, delta_count = _append_c(*f, cur.ver, f_ed, ver)
+            r = (cur.r_ovl, cur.r_ov, cur.r_off, cur.r_dat, cur.nr)
+            r_refs, r_size, _ = _append_c(*r, cur.ver, r_ed, ver)
+        else:
+            f_refs, f_size, r_refs, r_size, delta_count = _apply_py(cur, net, ver)
+        self._ov_size += f_size + r_size
+        _link(cur.f_ov, f_refs, cur.r_ov, r_refs)
+        count = cur.count + delta_count
+        snap = Snapshot(
+            it,
+            (cur.f_off, cur.f_dat, cur.f_ov, cur.f_ovl),
+            (cur.r_off, cur.r_dat, cur.r_ov, cur.r_ovl),
+            revision,
+            count,
+            ver,
+        )
+        self._publish(snap)
+        limit = max(
+            self.min_compaction,
+            min(_MAX_OVERLAY, int((cur.nf + cur.nr) * self.compaction_ratio)),
+        )
+        big = self._ov_size > max(1 << 20, (len(cur.f_dat) + len(cur.r_dat)) >> 3)
+        if (big or len(cur.f_ov) + len(cur.r_ov) > limit) and not self._compacting:
+            self._compacting = True
+            self._compacted.clear()
+            if not self.background_compaction:
+                self._compact(snap, locked=True)
+                return self.current
+            threading.Thread(
+                target=self._compact, args=(snap,), name="gatehouse-compact", daemon=True
+            ).start()
+        return snap
 
     def wait_compacted(self, timeout: float | None = None) -> bool:
         """Block until no compaction is running; False on timeout."""
@@ -572,8 +583,11 @@ class GraphStore:
                 n = len(self.interner.names)
                 try:
                     with _no_overflow():
-                        f_off, f_dat = _repack(snap.f_off, snap.f_dat, snap.overlay(True), n)
-                        r_off, r_dat = _repack(snap.r_off, snap.r_dat, snap.overlay(False), n)
+                        # In the background, a step waits while a delta is applied: the
+                        # delta then shares the GIL with readers only, not with this too.
+                        wait = None if locked else self._give_way
+                        f_off, f_dat = _repack(snap.f_off, snap.f_dat, snap.overlay(True), n, wait)
+                        r_off, r_dat = _repack(snap.r_off, snap.r_dat, snap.overlay(False), n, wait)
                 except DeltaError:
                     return  # too big for 4-byte offsets: keep serving from the overlay
                 if locked:
@@ -584,6 +598,14 @@ class GraphStore:
         finally:
             self._compacting = False
             self._compacted.set()
+
+    def _give_way(self) -> None:
+        """Between two steps of a background compaction: sleep while a delta is being applied
+        (at most `_GIVE_WAY` seconds per step, so back-to-back deltas cannot starve it)."""
+        if self._applying:
+            end = time.monotonic() + _GIVE_WAY
+            while self._applying and time.monotonic() < end:
+                time.sleep(0.0002)
 
     def _swap_base(
         self,
@@ -920,7 +942,11 @@ def _pack(groups: dict[int, array[int]], n: int) -> tuple[array[int], array[int]
 
 
 def _repack(
-    off: array[int], dat: array[int], ov: dict[int, tuple[array[int], int, int]], n: int
+    off: array[int],
+    dat: array[int],
+    ov: dict[int, tuple[array[int], int, int]],
+    n: int,
+    wait: Callable[[], None] | None = None,
 ) -> tuple[array[int], array[int]]:
     """A new packed base: `off`/`dat` with the overlay's groups folded in, for n oids.
 
@@ -935,6 +961,8 @@ def _repack(
     def copy(a: int, b: int) -> None:
         # objects a..b-1 of the old base, unchanged
         while a < b:
+            if wait is not None:
+                wait()
             c = min(b, a + _RUN)
             if off[c] - off[a] > _RUN:
                 c = min(c, max(a + 1, bisect_left(off, off[a] + _RUN, a + 1, c + 1) - 1))
@@ -954,6 +982,8 @@ def _repack(
     pos = 0
     oid = marks.find(1)
     while oid >= 0:
+        if wait is not None:
+            wait()
         copy(pos, min(oid, nb))
         pad(oid)
         arr, lo, hi = ov[oid]
