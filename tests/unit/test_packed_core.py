@@ -338,6 +338,40 @@ def test_background_compaction_keeps_later_deltas() -> None:
     _model_indexes(final, model)
 
 
+def test_deltas_during_a_compaction_are_carried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compaction held until more deltas land: the new base's overlay carries exactly the
+    groups those deltas changed (recorded as they link), and nothing is lost."""
+    import threading
+
+    release = threading.Event()
+    real = store_mod._repack
+
+    def held(*args: object) -> object:
+        release.wait(10)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_mod, "_repack", held)
+    store = GraphStore(min_compaction=2, compaction_ratio=0)
+    model = {f"fund:f{i}#viewer@user:u{i}" for i in range(20)}
+    store.load(sorted(model), revision=1)
+    first = store.apply(Delta.of([f"fund:f{i}#editor@user:u0" for i in range(5)]))
+    model |= {f"fund:f{i}#editor@user:u0" for i in range(5)}
+    assert store._compacting  # started, held in _repack
+    later = [f"fund:f{i}#editor@user:u9" for i in range(10, 13)]
+    store.apply(Delta.of(later, ["fund:f1#viewer@user:u1"]))
+    model = (model | set(later)) - {"fund:f1#viewer@user:u1"}
+    release.set()
+    assert store.wait_compacted(10)
+    final = store.current
+    assert final.f_dat is not first.f_dat  # a new base was published
+    assert sorted(final.tuples()) == sorted(model)
+    _model_indexes(final, model)
+    it = final.interner
+    changed = {it.oid(f"fund:f{i}") for i in (1, 10, 11, 12)}
+    assert set(final.f_ov) == changed
+    assert set(final.r_ov) == {it.oid("user:u9"), it.oid("user:u1")}
+
+
 def test_long_reverse_runs_decode() -> None:
     """Runs longer than the byte-copy threshold decode to the same oids as short ones."""
     tuples = [f"fund:f{i}#viewer@user:u" for i in range(100)] + ["fund:f7#editor@user:u"]

@@ -444,6 +444,9 @@ class GraphStore:
         self.background_compaction = background_compaction
         self._compacting = False
         self._applying = False  # a delta is being applied (a compaction gives way)
+        # While a background compaction runs: the oids each index's deltas linked since its
+        # snapshot (what the new base must keep in its overlay).
+        self._dirty: tuple[set[int], set[int]] | None = None
         self._compacted = threading.Event()
         self._compacted.set()
         self._ver = 0  # last overlay version handed out (never reused, even on failure)
@@ -546,6 +549,9 @@ class GraphStore:
             f_refs, f_size, r_refs, r_size, delta_count = _apply_py(cur, net, ver)
         self._ov_size += f_size + r_size
         _link(cur.f_ov, f_refs, cur.r_ov, r_refs)
+        if self._dirty is not None:
+            self._dirty[0].update(map(itemgetter(0), f_refs))
+            self._dirty[1].update(map(itemgetter(0), r_refs))
         count = cur.count + delta_count
         snap = Snapshot(
             it,
@@ -567,6 +573,7 @@ class GraphStore:
             if not self.background_compaction:
                 self._compact(snap, locked=True)
                 return self.current
+            self._dirty = (set(), set())
             threading.Thread(
                 target=self._compact, args=(snap,), name="gatehouse-compact", daemon=True
             ).start()
@@ -596,6 +603,7 @@ class GraphStore:
                     with self._write_lock:
                         self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
         finally:
+            self._dirty = None  # before a new compaction may start and set its own
             self._compacting = False
             self._compacted.set()
 
@@ -618,9 +626,11 @@ class GraphStore:
         if cur.f_ov is not snap.f_ov or cur.r_ov is not snap.r_ov:
             return  # a load replaced the graph meanwhile: this base is stale
         # Groups changed after `snap` stay in a fresh overlay, newest version only: every
-        # reader of the new snapshot is at least as new as all of them.
-        f_ov, f_ovl, f_size = _carry(cur.f_ov, cur.f_ovl, snap.ver)
-        r_ov, r_ovl, r_size = _carry(cur.r_ov, cur.r_ovl, snap.ver)
+        # reader of the new snapshot is at least as new as all of them. The deltas since
+        # recorded which (under this lock): the carry is what they changed, not the overlay.
+        f_dirty, r_dirty = self._dirty or (set(), set())
+        f_ov, f_ovl, f_size = _carry(cur.f_ov, cur.f_ovl, snap.ver, f_dirty)
+        r_ov, r_ovl, r_size = _carry(cur.r_ov, cur.r_ovl, snap.ver, r_dirty)
         self._ov_size = f_size + r_size
         self._publish(
             Snapshot(
@@ -821,14 +831,15 @@ def _link(
 
 
 def _carry(
-    ov: dict[int, int], ovl: list[array[int]], since: int
+    ov: dict[int, int], ovl: list[array[int]], since: int, oids: Iterable[int]
 ) -> tuple[dict[int, int], list[array[int]], int]:
-    """A fresh overlay holding the newest region of every group changed after version
-    `since` (as the only one: prev -1)."""
+    """A fresh overlay holding the newest region of each group of `oids` changed after
+    version `since` (as the only one: prev -1)."""
     new_ov: dict[int, int] = {}
     new_ovl = [array("q")]
     size = 0
-    for oid, v in ov.items():  # the caller holds the write lock: `ov` cannot change
+    for oid in oids:  # the caller holds the write lock: `ov` cannot change
+        v = ov[oid]
         c = ovl[v >> 32]
         s = v & OID_MASK
         if c[s] > since:
