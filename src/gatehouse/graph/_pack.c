@@ -396,6 +396,114 @@ static PyObject *pack_find(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromLongLong(oid);
 }
 
+/* carry(ov, ovl, oids, since, chunk) -> (new_ov, new_ovl, entries): a fresh overlay holding
+ * the newest region of each group of `oids` (references through `ov` into the chunks `ovl`)
+ * that is newer than version `since`, as its only region (prev -1), in new chunks of at
+ * most `chunk` entries (one region may exceed it alone). What a compaction keeps of the
+ * deltas that landed while it ran; the caller holds the write lock. */
+static PyObject *pack_carry(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyDict_Check(args[0]) || !PyList_Check(args[1]) ||
+        PyList_GET_SIZE(args[1]) < 1) {
+        PyErr_SetString(PyExc_TypeError, "carry(ov: dict, ovl: list, oids, since, chunk)");
+        return NULL;
+    }
+    PyObject *ov = args[0], *ovl = args[1];
+    long long since = PyLong_AsLongLong(args[3]), chunk = PyLong_AsLongLong(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *it = PyObject_GetIter(args[2]);
+    if (!it)
+        return NULL;
+    PyObject *atype = (PyObject *)Py_TYPE(PyList_GET_ITEM(ovl, 0));
+    PyObject *new_ov = PyDict_New(), *new_ovl = PyList_New(0), *result = NULL;
+    PyObject *last = new_ov && new_ovl ? PyObject_CallFunction(atype, "s", "q") : NULL;
+    Vec out = {0};
+    Py_ssize_t clen = 0, size = 0;
+    if (!last || PyList_Append(new_ovl, last) < 0)
+        goto done;
+    Py_DECREF(last); /* the list holds it */
+    PyObject *oid;
+    while ((oid = PyIter_Next(it))) {
+        PyObject *ref = PyDict_GetItemWithError(ov, oid);
+        long long r = ref ? PyLong_AsLongLong(ref) : -1;
+        if (!ref || (r == -1 && PyErr_Occurred())) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, oid);
+            Py_DECREF(oid);
+            goto done;
+        }
+        long long ci = r >> 32, st = r & 0xffffffffLL;
+        Py_buffer b;
+        if (ci < 0 || ci >= PyList_GET_SIZE(ovl) ||
+            PyObject_GetBuffer(PyList_GET_ITEM(ovl, ci), &b, PyBUF_SIMPLE) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_IndexError, "carry: overlay chunk out of range");
+            Py_DECREF(oid);
+            goto done;
+        }
+        const int64_t *c = b.buf;
+        Py_ssize_t len = b.len / 8;
+        if (st + 3 > len || c[st + 2] < 0 || st + 3 + c[st + 2] > len) {
+            PyBuffer_Release(&b);
+            PyErr_SetString(PyExc_IndexError, "carry: overlay region out of range");
+            Py_DECREF(oid);
+            goto done;
+        }
+        if (c[st] <= since) { /* already in the new base */
+            PyBuffer_Release(&b);
+            Py_DECREF(oid);
+            continue;
+        }
+        Py_ssize_t n = (Py_ssize_t)c[st + 2], L = n + 3;
+        if (clen > 0 && clen + L > chunk) { /* a region never spans chunks */
+            if (flush(last, out.v, out.n) < 0) {
+                PyBuffer_Release(&b);
+                Py_DECREF(oid);
+                goto done;
+            }
+            out.n = 0;
+            last = PyObject_CallFunction(atype, "s", "q");
+            int bad = !last || PyList_Append(new_ovl, last) < 0;
+            Py_XDECREF(last);
+            if (bad) {
+                PyBuffer_Release(&b);
+                Py_DECREF(oid);
+                goto done;
+            }
+            clen = 0;
+        }
+        if (vec_reserve(&out, L) < 0) {
+            PyBuffer_Release(&b);
+            Py_DECREF(oid);
+            goto done;
+        }
+        out.v[out.n] = c[st];
+        out.v[out.n + 1] = -1;
+        out.v[out.n + 2] = n;
+        memcpy(out.v + out.n + 3, c + st + 3, (size_t)n * 8);
+        PyBuffer_Release(&b);
+        out.n += L;
+        PyObject *nref = PyLong_FromLongLong((long long)(PyList_GET_SIZE(new_ovl) - 1) << 32 | clen);
+        int bad = !nref || PyDict_SetItem(new_ov, oid, nref) < 0;
+        Py_XDECREF(nref);
+        Py_DECREF(oid);
+        if (bad)
+            goto done;
+        clen += L;
+        size += L;
+    }
+    if (PyErr_Occurred() || flush(last, out.v, out.n) < 0)
+        goto done;
+    result = Py_BuildValue("(OOn)", new_ov, new_ovl, size);
+done:
+    Py_DECREF(it);
+    Py_XDECREF(new_ov);
+    Py_XDECREF(new_ovl);
+    PyMem_Free(out.v);
+    return result;
+}
+
 static PyMethodDef pack_methods[] = {
     {"build", (PyCFunction)(void (*)(void))pack_build, METH_FASTCALL,
      "build(keys, ents, off, dat) -> entries kept: a packed index from (object, entry) pairs"},
@@ -404,6 +512,8 @@ static PyMethodDef pack_methods[] = {
      " -> (refs, entries, net, next)"},
     {"find", (PyCFunction)(void (*)(void))pack_find, METH_FASTCALL,
      "find(interner, name) -> the oid of name, or -1"},
+    {"carry", (PyCFunction)(void (*)(void))pack_carry, METH_FASTCALL,
+     "carry(ov, ovl, oids, since, chunk) -> (new_ov, new_ovl, entries)"},
     {"edits", (PyCFunction)pack_edits, METH_O,
      "edits(net) -> (forward, reverse): a delta's net changes as sorted edits per index"},
     {NULL, NULL, 0, NULL},

@@ -1,5 +1,6 @@
 """Type stub of the C load packer (src/gatehouse/graph/_pack.c)."""
 
+from collections.abc import Iterable
 from typing import Any
 
 def build(keys: object, ents: object, off: object, dat: object, /) -> int: ...
@@ -22,3 +23,6 @@ def edits(net: dict[int, bool], /) -> tuple[bytes, bytes]: ...
 LAYOUT: tuple[int, int, int, int]
 
 def find(interner: object, name: str, /) -> int: ...
+def carry(
+    ov: dict[int, int], ovl: list[Any], oids: Iterable[int], since: int, chunk: int, /
+) -> tuple[dict[int, int], list[Any], int]: ...

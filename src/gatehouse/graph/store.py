@@ -629,8 +629,9 @@ class GraphStore:
         # reader of the new snapshot is at least as new as all of them. The deltas since
         # recorded which (under this lock): the carry is what they changed, not the overlay.
         f_dirty, r_dirty = self._dirty or (set(), set())
-        f_ov, f_ovl, f_size = _carry(cur.f_ov, cur.f_ovl, snap.ver, f_dirty)
-        r_ov, r_ovl, r_size = _carry(cur.r_ov, cur.r_ovl, snap.ver, r_dirty)
+        carry = _carry if _packer is None else _packer.carry
+        f_ov, f_ovl, f_size = carry(cur.f_ov, cur.f_ovl, f_dirty, snap.ver, _CHUNK)
+        r_ov, r_ovl, r_size = carry(cur.r_ov, cur.r_ovl, r_dirty, snap.ver, _CHUNK)
         self._ov_size = f_size + r_size
         self._publish(
             Snapshot(
@@ -831,10 +832,10 @@ def _link(
 
 
 def _carry(
-    ov: dict[int, int], ovl: list[array[int]], since: int, oids: Iterable[int]
+    ov: dict[int, int], ovl: list[array[int]], oids: Iterable[int], since: int, chunk: int
 ) -> tuple[dict[int, int], list[array[int]], int]:
     """A fresh overlay holding the newest region of each group of `oids` changed after
-    version `since` (as the only one: prev -1)."""
+    version `since` (as the only one: prev -1); `chunk` is `_CHUNK` (as `_packer.carry`)."""
     new_ov: dict[int, int] = {}
     new_ovl = [array("q")]
     size = 0
