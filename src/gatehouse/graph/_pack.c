@@ -180,6 +180,29 @@ static int flush(PyObject *c, const int64_t *out, Py_ssize_t n)
     return r ? 0 : -1;
 }
 
+/* The region `ref` (chunk << 32 | start) of the overlay chunks `ovl`: *b holds its chunk's
+ * buffer (the caller releases it), *region points at its header [version, prev, n].
+ * Returns 0, or -1 with an exception set (and nothing held). */
+static int open_region(PyObject *ovl, long long ref, Py_buffer *b, const int64_t **region)
+{
+    long long ci = ref >> 32, st = ref & 0xffffffffLL;
+    if (ci < 0 || ci >= PyList_GET_SIZE(ovl)) {
+        PyErr_SetString(PyExc_IndexError, "overlay chunk out of range");
+        return -1;
+    }
+    if (PyObject_GetBuffer(PyList_GET_ITEM(ovl, ci), b, PyBUF_SIMPLE) < 0)
+        return -1;
+    const int64_t *c = b->buf;
+    Py_ssize_t len = b->len / 8;
+    if (st + 3 > len || c[st + 2] < 0 || st + 3 + c[st + 2] > len) {
+        PyBuffer_Release(b);
+        PyErr_SetString(PyExc_IndexError, "overlay region out of range");
+        return -1;
+    }
+    *region = c + st;
+    return 0;
+}
+
 /* append(ovl, ov, off, dat, nbase, cur, edits, ver, chunk, start, step)
  *   -> (refs, entries, net, next):
  * GraphStore.apply's writes to one index, from edit `start` on. `edits` are as edits()
@@ -265,30 +288,17 @@ static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t na
         Py_buffer hold = {0};
         int found = 0;
         for (long long r = prev; r >= 0 && !found;) {
-            long long ci = r >> 32, s = r & 0xffffffffLL;
-            if (ci >= PyList_GET_SIZE(ovl)) {
-                PyErr_SetString(PyExc_IndexError, "append: overlay chunk out of range");
+            const int64_t *reg;
+            if (open_region(ovl, r, &hold, &reg) < 0) {
                 Py_DECREF(obj);
                 goto done;
             }
-            if (PyObject_GetBuffer(PyList_GET_ITEM(ovl, ci), &hold, PyBUF_SIMPLE) < 0) {
-                Py_DECREF(obj);
-                goto done;
-            }
-            const int64_t *c = hold.buf;
-            Py_ssize_t len = hold.len / 8;
-            if (s + 3 > len || c[s + 2] < 0 || s + 3 + c[s + 2] > len) {
-                PyBuffer_Release(&hold);
-                PyErr_SetString(PyExc_IndexError, "append: overlay region out of range");
-                Py_DECREF(obj);
-                goto done;
-            }
-            if (c[s] <= cur) {
-                g = c + s + 3;
-                gn = (Py_ssize_t)c[s + 2];
+            if (reg[0] <= cur) {
+                g = reg + 3;
+                gn = (Py_ssize_t)reg[2];
                 found = 1;
             } else {
-                r = c[s + 1];
+                r = reg[1];
                 PyBuffer_Release(&hold);
             }
         }
@@ -433,29 +443,18 @@ static PyObject *pack_carry(PyObject *mod, PyObject *const *args, Py_ssize_t nar
             Py_DECREF(oid);
             goto done;
         }
-        long long ci = r >> 32, st = r & 0xffffffffLL;
         Py_buffer b;
-        if (ci < 0 || ci >= PyList_GET_SIZE(ovl) ||
-            PyObject_GetBuffer(PyList_GET_ITEM(ovl, ci), &b, PyBUF_SIMPLE) < 0) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_IndexError, "carry: overlay chunk out of range");
+        const int64_t *reg;
+        if (open_region(ovl, r, &b, &reg) < 0) {
             Py_DECREF(oid);
             goto done;
         }
-        const int64_t *c = b.buf;
-        Py_ssize_t len = b.len / 8;
-        if (st + 3 > len || c[st + 2] < 0 || st + 3 + c[st + 2] > len) {
-            PyBuffer_Release(&b);
-            PyErr_SetString(PyExc_IndexError, "carry: overlay region out of range");
-            Py_DECREF(oid);
-            goto done;
-        }
-        if (c[st] <= since) { /* already in the new base */
+        if (reg[0] <= since) { /* already in the new base */
             PyBuffer_Release(&b);
             Py_DECREF(oid);
             continue;
         }
-        Py_ssize_t n = (Py_ssize_t)c[st + 2], L = n + 3;
+        Py_ssize_t n = (Py_ssize_t)reg[2], L = n + 3;
         if (clen > 0 && clen + L > chunk) { /* a region never spans chunks */
             if (flush(last, out.v, out.n) < 0) {
                 PyBuffer_Release(&b);
@@ -478,10 +477,10 @@ static PyObject *pack_carry(PyObject *mod, PyObject *const *args, Py_ssize_t nar
             Py_DECREF(oid);
             goto done;
         }
-        out.v[out.n] = c[st];
+        out.v[out.n] = reg[0];
         out.v[out.n + 1] = -1;
         out.v[out.n + 2] = n;
-        memcpy(out.v + out.n + 3, c + st + 3, (size_t)n * 8);
+        memcpy(out.v + out.n + 3, reg + 3, (size_t)n * 8);
         PyBuffer_Release(&b);
         out.n += L;
         PyObject *nref = PyLong_FromLongLong((long long)(PyList_GET_SIZE(new_ovl) - 1) << 32 | clen);
