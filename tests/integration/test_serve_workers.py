@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +23,7 @@ from gatehouse.v1 import decision_pb2 as pb
 from gatehouse.v1 import decision_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
+STARTUP_S = 60
 SERVING = re.compile(r"worker (\d+) \(pid (\d+)\) serving (\S+), metrics on 127\.0\.0\.1:(\d+)")
 
 
@@ -65,10 +68,28 @@ def _start(tmp: Path, port: int, metrics: int) -> tuple[subprocess.Popen[str], d
     cmd += ["--threads", "4", "--metrics-port", str(metrics), "--grace", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
+    # stderr is read on a thread, so a server that hangs without printing fails here with
+    # what it did print, not at pytest's global timeout with nothing
+    got: queue.Queue[str] = queue.Queue()
+    err = proc.stderr
+
+    def pump() -> None:
+        for x in err:
+            got.put(x)
+        got.put("")  # end of output
+
+    threading.Thread(target=pump, daemon=True).start()
     workers: dict[int, int] = {}  # index -> pid
-    lines = []
+    lines: list[str] = []
+    deadline = time.monotonic() + STARTUP_S
     while len(workers) < 2:
-        line = proc.stderr.readline()
+        try:
+            line = got.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError(
+                f"no two workers serving after {STARTUP_S} s: " + "".join(lines)
+            ) from None
         lines.append(line)
         if not line:
             raise AssertionError("server exited: " + "".join(lines))
