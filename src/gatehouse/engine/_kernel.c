@@ -864,40 +864,6 @@ done:
     return rc;
 }
 
-static PyObject *Program_run(Program *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "run(snap, entry, oid, sk, wk, members, cache)");
-        return NULL;
-    }
-    if (!self->nodes) {
-        PyErr_SetString(PyExc_RuntimeError, "kernel: program not initialised");
-        return NULL;
-    }
-    long entry = PyLong_AsLong(args[1]);
-    long long oid = PyLong_AsLongLong(args[2]);
-    long long sk = PyLong_AsLongLong(args[3]);
-    long long wk = PyLong_AsLongLong(args[4]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (entry < 0 || entry >= self->nnodes) {
-        PyErr_SetString(PyExc_ValueError, "kernel: entry out of range");
-        return NULL;
-    }
-    if (bind_snap(self, args[0]) < 0)
-        return NULL;
-    /* The run holds its snapshot, so its base arrays (never resized) stay valid even if
-     * another thread rebinds the program meanwhile. */
-    PyObject *snap = Py_NewRef(self->snap);
-    Query q = {self,   view_of(&self->f), view_of(&self->r), self->ver, sk, wk, args[5],
-               args[6], NULL, 0, NULL, 0, 0};
-    PyObject *r = enter(&q, (int)entry, oid);
-    Py_DECREF(snap);
-    memo_clear(&q);
-    Py_XDECREF(q.members);
-    return r;
-}
-
 static int Program_traverse(Program *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->names);
@@ -1523,7 +1489,8 @@ static PyObject *Program_check(Program *self, PyObject *const *args, Py_ssize_t 
         goto done;
     if (bind_snap(self, snap) < 0)
         goto done;
-    /* as run(): the run holds its snapshot and reads through copies of the views */
+    /* The run holds its snapshot, so its base arrays (never resized) stay valid even if
+     * another thread rebinds the program meanwhile (the members callback runs Python). */
     PyObject *held_snap = Py_NewRef(self->snap);
     Query q = {self,
                view_of(&self->f),
@@ -1568,8 +1535,6 @@ done:
 }
 
 static PyMethodDef Program_methods[] = {
-    {"run", (PyCFunction)(void (*)(void))Program_run, METH_FASTCALL,
-     "run(snap, entry, oid, sk, wk, members, cache) -> reason or None"},
     {"closure", (PyCFunction)(void (*)(void))Program_closure, METH_FASTCALL,
      "closure(snap, sk, wk) -> (userset keys, truncated)"},
     {"bind", (PyCFunction)(void (*)(void))Program_bind, METH_FASTCALL,

@@ -38,7 +38,6 @@ from gatehouse.model.compiler import (
 
 try:  # the C build of the compiled check; without it the Python nodes run (same answers)
     from gatehouse.engine import _kernel
-    from gatehouse.graph import _pack  # its find() is the kernel's object lookup
 except ImportError:  # pragma: no cover - exercised by installs without a C compiler
     _kernel = None  # type: ignore[assignment]
 
@@ -231,58 +230,61 @@ class Evaluator:
     def _check_compiled(
         self, snap: Snapshot, subject: SubjectRef, permission: str, resource: ObjectRef
     ) -> Decision:
+        """`check` when the kernel's one call did not answer: the program recompiled if the
+        interner changed and the closure table made for `snap`, then the kernel again (or
+        the Python nodes), and the general walk for what they do not cover."""
         it = snap.interner
-        prog = self._prog
-        if prog is None or prog.stale(it):
-            prog = self._program(it)
+        prog = self._program_for(it)
         fn = prog.fns.get((resource.type, permission))
         if fn is not None and subject.relation is None and subject.type in prog.types:
             # Fast path: a compiled plan (unions, relations, closed usersets, acyclic arrows)
             # for a plain subject. Falls back to the general walk when the data holds an edge
             # the compiled plan does not cover.
-            kern = prog.kernel
-            if kern is not None:
-                find = _pack.find
-                oid = find(it, f"{resource.type}:{resource.id}")
-                if oid < 0:
-                    return Decision(False, snap.revision, "no_path")
-                s = find(it, f"{subject.type}:{subject.id}")
-                sk = -1 if s < 0 else s << REL_BITS
-            else:
-                look = it.oid
-                o = look(f"{resource.type}:{resource.id}")
-                if o is None:
-                    return Decision(False, snap.revision, "no_path")
-                oid = o
-                so = look(f"{subject.type}:{subject.id}")
-                sk = -1 if so is None else so << REL_BITS
-            w = it.wildcards.get(subject.type)
-            wk = -1 if w is None else w << REL_BITS
             held = prog.closures
             if held[0] is not snap:
                 held = prog.closures = self._closures(prog, snap)
-            try:
-                if kern is not None:
-                    reason = kern.run(snap, prog.knodes[fn], oid, sk, wk, held[2], held[1])
-                else:
-                    reason = fn(_FastQuery(snap, sk, wk, held[2], self.max_depth), oid)
-            except _Fallback:
-                pass
+            kern = prog.kernel
+            if kern is not None:
+                d: Decision | None = kern.check(snap, subject, permission, resource, held)
+                if d is not None:
+                    return d
             else:
-                if reason is None:
+                look = it.oid
+                oid = look(f"{resource.type}:{resource.id}")
+                if oid is None:
                     return Decision(False, snap.revision, "no_path")
-                return Decision(True, snap.revision, reason)
+                so = look(f"{subject.type}:{subject.id}")
+                w = it.wildcards.get(subject.type)
+                q = _FastQuery(
+                    snap,
+                    -1 if so is None else so << REL_BITS,
+                    -1 if w is None else w << REL_BITS,
+                    held[2],
+                    self.max_depth,
+                )
+                try:
+                    reason = fn(q, oid)
+                except _Fallback:
+                    pass
+                else:
+                    if reason is None:
+                        return Decision(False, snap.revision, "no_path")
+                    return Decision(True, snap.revision, reason)
         return self._check_general(snap, subject, permission, resource)
+
+    def _program_for(self, it: Interner) -> _Program:
+        """The program compiled for the interner as it is now (recompiled when stale)."""
+        prog = self._prog
+        if prog is None or prog.stale(it):
+            prog = self._program(it)
+        return prog
 
     def check_many(
         self, snap: Snapshot, queries: Iterable[tuple[SubjectRef, str, ObjectRef]]
     ) -> list[Decision]:
         """`check` for each (subject, permission, resource), in order, on one snapshot: the
         same answers, with the per-call setup done once for the whole batch."""
-        it = snap.interner
-        prog = self._prog
-        if prog is None or prog.stale(it):
-            prog = self._program(it)
+        prog = self._program_for(snap.interner)
         if prog.kernel is None:
             return [self.check(snap, s, p, r) for s, p, r in queries]
         held = prog.closures
@@ -295,9 +297,9 @@ class Evaluator:
             d: Decision | None = kcheck(snap, subject, permission, resource, held)
             if d is None:
                 add(self._check_compiled(snap, subject, permission, resource))
-                prog = self._prog  # recompiled if the interner gained a relation meanwhile
-                if prog is not None and prog.kernel is not None:
-                    kcheck, held = prog.kernel.check, prog.closures
+                now = self._prog  # recompiled if the interner gained a relation meanwhile
+                if now is not None and now.kernel is not None:
+                    kcheck, held = now.kernel.check, now.closures
             else:
                 add(d)
         return out
@@ -671,9 +673,7 @@ class Evaluator:
         if q.sk < 0 and q.wk < 0:
             return []
         it = snap.interner
-        prog = self._prog
-        if prog is None or prog.stale(it):
-            prog = self._program(it)
+        prog = self._program_for(it)
         q.sets = prog.sets or self._py_sets
         while True:
             q.done = {}
