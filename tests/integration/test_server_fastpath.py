@@ -9,11 +9,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 
+from gatehouse.engine import Evaluator
 from gatehouse.engine.state import DecisionState
 from gatehouse.graph.tuples import Delta
 from gatehouse.model.compiler import compile_schema
@@ -145,6 +148,45 @@ def test_error_details_and_deadline_on_the_fast_path(handle: ServerHandle) -> No
         assert isinstance(ei.value, grpc.Call)
         assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - t0 < 2.0
+
+
+def test_repeated_checks_answer_and_count_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the second call on, a Check of texts already parsed is answered from its bytes
+    (`DecisionServicer._check_wire`): the same response bytes, counted the same way."""
+    answered: list[bytes] = []
+    wire = Evaluator.check_wire
+
+    def counted(self: Evaluator, *args: Any) -> bytes | None:
+        body = wire(self, *args)
+        if body is not None:
+            answered.append(body)
+        return body
+
+    monkeypatch.setattr(Evaluator, "check_wire", counted)
+    h = serve(_state(), listen="127.0.0.1:0", metrics_port=0)
+    try:
+        with grpc.insecure_channel(h.address) as ch:
+            raw = _raw(ch, "Check")
+            for subject, n in (("user:ann", 3), ("user:bob", 2)):
+                req = pb.CheckRequest(subject=subject, permission="view", resource="fund:f1")
+                first = raw(req.SerializeToString(), timeout=5)
+                assert [raw(req.SerializeToString(), timeout=5) for _ in range(n - 1)] == [
+                    first
+                ] * (n - 1)
+                assert pb.CheckResponse.FromString(first).allowed == (subject == "user:ann")
+        if Evaluator(compile_schema(SCHEMA)).native:
+            assert len(answered) == 3  # every call after each pair's first
+        url = f"http://127.0.0.1:{h.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        assert 'gatehouse_decisions_total{result="allow"} 3.0' in text
+        assert 'gatehouse_decisions_total{result="deny"} 2.0' in text
+        assert (
+            'grpc_server_handled_total{grpc_code="OK",'
+            'grpc_method="gatehouse.v1.DecisionService/Check"} 5.0'
+        ) in text
+    finally:
+        h.stop(0.5)
 
 
 def test_many_concurrent_calls(handle: ServerHandle) -> None:

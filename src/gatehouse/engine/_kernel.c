@@ -1317,6 +1317,7 @@ static PyObject *kernel_names(PyObject *mod, PyObject *const *args, Py_ssize_t n
 /* ---- check: the whole compiled check in one call ----------------------------------- */
 
 static PyObject *s_interner, *s_names, *s_rel_names, *s_type, *s_id, *s_relation, *s_revision;
+static PyObject *s_one;
 
 /* bind(interner, nkeys, entries, types, decision): what check() needs; nkeys is the
  * interner's relation key count the nodes were compiled at (the names table is the one
@@ -1368,19 +1369,6 @@ static PyObject *join_name(PyObject *type, PyObject *id)
     return PyUnicode_FromFormat("%U:%U", type, id);
 }
 
-/* the oids of "rtype:rid" and "stype:sid" (or -1) */
-static int find_pair(Program *p, PyObject *rtype, PyObject *rid, PyObject *stype, PyObject *sid,
-                     int64_t *out)
-{
-    PyObject *names[2] = {join_name(rtype, rid), NULL};
-    if (names[0])
-        names[1] = join_name(stype, sid);
-    int rc = names[1] ? find_names(p->it, names, 2, out) : -1;
-    Py_XDECREF(names[0]);
-    Py_XDECREF(names[1]);
-    return rc;
-}
-
 static PyObject *make_decision(Program *p, int allowed, PyObject *rev, PyObject *reason)
 {
     PyTypeObject *t = (PyTypeObject *)p->decision;
@@ -1406,89 +1394,72 @@ static int str_attr(PyObject *o, PyObject *name, PyObject **out)
     return 0;
 }
 
-/* check(snap, subject, permission, resource, closures) -> Decision, or None when the
- * compiled check does not cover the query (the caller takes the general path): a subject
- * with a relation or of an unknown type, a type or permission without a compiled entry, a
- * program compiled for another interner state or a closure table for another snapshot,
- * data the compiled plan does not cover (the nodes raise the fallback exception). */
-static PyObject *Program_check(Program *self, PyObject *const *args, Py_ssize_t nargs)
+/* The compiled check of "sname" (a plain subject "stype:id") against "rname" (a resource
+ * "rtype:id"): 1 when answered, with *reason (a new reference, Py_None for a deny) and *rev
+ * (the snapshot's revision, a new reference) set; 0 when the compiled check does not cover
+ * the query (the caller takes the general path): a subject type or a (type, permission)
+ * without a compiled entry, a program compiled for another interner state or a closure
+ * table for another snapshot, data the compiled plan does not cover (the nodes raise the
+ * fallback exception); -1 on error. */
+static int check_names(Program *self, PyObject *snap, PyObject *held, PyObject *perm,
+                       PyObject *rtype, PyObject *stype, PyObject *rname, PyObject *sname,
+                       PyObject **reason, PyObject **rev)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "check(snap, subject, permission, resource, closures)");
-        return NULL;
-    }
+    *reason = *rev = NULL;
     if (!self->it || !self->nodes)
-        Py_RETURN_NONE;
-    PyObject *snap = args[0], *subject = args[1], *perm = args[2], *res = args[3];
-    PyObject *held = args[4];
+        return 0;
     if (!PyTuple_Check(held) || PyTuple_GET_SIZE(held) != 3 || PyTuple_GET_ITEM(held, 0) != snap)
-        Py_RETURN_NONE;
+        return 0;
     /* compiled for this interner, at its current relation count and names table */
     PyObject *it = PyObject_GetAttr(snap, s_interner);
     if (!it)
-        return NULL;
+        return -1;
     int same = it == self->it;
     Py_DECREF(it);
     if (!same)
-        Py_RETURN_NONE;
+        return 0;
     PyObject *names = PyObject_GetAttr(self->it, s_names);
     PyObject *rel = names ? PyObject_GetAttr(self->it, s_rel_names) : NULL;
     same = rel && names == self->names && PyList_Check(rel) && PyList_GET_SIZE(rel) == self->nkeys;
     Py_XDECREF(names);
     Py_XDECREF(rel);
     if (!rel)
-        return NULL;
-    if (!same)
-        Py_RETURN_NONE;
-    PyObject *rtype = NULL, *rid = NULL, *stype = NULL, *sid = NULL, *srel = NULL, *rev = NULL;
-    PyObject *out = NULL;
-    int rc;
-    if ((rc = str_attr(res, s_type, &rtype)) || (rc = str_attr(res, s_id, &rid)) ||
-        (rc = str_attr(subject, s_type, &stype)) || (rc = str_attr(subject, s_id, &sid)))
-        goto unusual;
-    srel = PyObject_GetAttr(subject, s_relation);
-    if (!srel)
-        goto done;
-    if (srel != Py_None || !PyUnicode_CheckExact(perm))
-        goto unusual_ok;
+        return -1;
+    if (!same || !PyUnicode_CheckExact(perm))
+        return 0;
     PyObject *perms = PyDict_GetItemWithError(self->entries, rtype);
     PyObject *entry = perms && PyDict_Check(perms) ? PyDict_GetItemWithError(perms, perm) : NULL;
-    if (!entry) {
-        if (PyErr_Occurred())
-            goto done;
-        goto unusual_ok;
-    }
+    if (!entry)
+        return PyErr_Occurred() ? -1 : 0;
     int known = PySet_Contains(self->types, stype);
-    if (known < 0)
-        goto done;
-    if (!known)
-        goto unusual_ok;
+    if (known <= 0)
+        return known;
     long idx = PyLong_AsLong(entry);
     if (idx == -1 && PyErr_Occurred())
-        goto done;
+        return -1;
     if (idx < 0 || idx >= self->nnodes) {
         PyErr_SetString(PyExc_ValueError, "kernel: entry out of range");
-        goto done;
+        return -1;
     }
-    rev = PyObject_GetAttr(snap, s_revision);
-    if (!rev)
-        goto done;
+    PyObject *names2[2] = {rname, sname};
     int64_t found[2];
-    if (find_pair(self, rtype, rid, stype, sid, found) < 0)
-        goto done;
+    if (find_names(self->it, names2, 2, found) < 0)
+        return -1;
+    if (!(*rev = PyObject_GetAttr(snap, s_revision)))
+        return -1;
     int64_t oid = found[0], so = found[1];
     if (oid < 0) {
-        out = make_decision(self, 0, rev, self->no_path);
-        goto done;
+        *reason = Py_NewRef(Py_None);
+        return 1;
     }
     PyObject *w = PyDict_GetItemWithError(self->wildcards, stype);
     if (!w && PyErr_Occurred())
-        goto done;
+        goto fail;
     long long wo = w ? PyLong_AsLongLong(w) : -1;
     if (wo == -1 && PyErr_Occurred())
-        goto done;
+        goto fail;
     if (bind_snap(self, snap) < 0)
-        goto done;
+        goto fail;
     /* The run holds its snapshot, so its base arrays (never resized) stay valid even if
      * another thread rebinds the program meanwhile (the members callback runs Python). */
     PyObject *held_snap = Py_NewRef(self->snap);
@@ -1510,14 +1481,50 @@ static PyObject *Program_check(Program *self, PyObject *const *args, Py_ssize_t 
     memo_clear(&q);
     Py_XDECREF(q.members);
     if (!r) {
-        if (PyErr_ExceptionMatches(self->fallback)) {
-            PyErr_Clear();
-            goto unusual_ok;
-        }
-        goto done;
+        if (!PyErr_ExceptionMatches(self->fallback))
+            goto fail;
+        PyErr_Clear();
+        Py_CLEAR(*rev);
+        return 0;
     }
-    out = r == Py_None ? make_decision(self, 0, rev, self->no_path) : make_decision(self, 1, rev, r);
-    Py_DECREF(r);
+    *reason = r;
+    return 1;
+fail:
+    Py_CLEAR(*rev);
+    return -1;
+}
+
+/* check(snap, subject, permission, resource, closures) -> Decision, or None when the
+ * compiled check does not cover the query (see check_names; also a subject with a
+ * relation). */
+static PyObject *Program_check(Program *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "check(snap, subject, permission, resource, closures)");
+        return NULL;
+    }
+    PyObject *snap = args[0], *subject = args[1], *perm = args[2], *res = args[3];
+    PyObject *rtype = NULL, *rid = NULL, *stype = NULL, *sid = NULL, *srel = NULL;
+    PyObject *rname = NULL, *sname = NULL, *reason = NULL, *rev = NULL, *out = NULL;
+    int rc;
+    if (!self->it || !self->nodes)
+        Py_RETURN_NONE;
+    if ((rc = str_attr(res, s_type, &rtype)) || (rc = str_attr(res, s_id, &rid)) ||
+        (rc = str_attr(subject, s_type, &stype)) || (rc = str_attr(subject, s_id, &sid)))
+        goto unusual;
+    if (!(srel = PyObject_GetAttr(subject, s_relation)))
+        goto done;
+    if (srel != Py_None)
+        goto unusual_ok;
+    if (!(rname = join_name(rtype, rid)) || !(sname = join_name(stype, sid)))
+        goto done;
+    rc = check_names(self, snap, args[4], perm, rtype, stype, rname, sname, &reason, &rev);
+    if (rc < 0)
+        goto done;
+    if (rc == 0)
+        goto unusual_ok;
+    out = reason == Py_None ? make_decision(self, 0, rev, self->no_path)
+                            : make_decision(self, 1, rev, reason);
     goto done;
 unusual:
     if (rc < 0)
@@ -1530,6 +1537,215 @@ done:
     Py_XDECREF(stype);
     Py_XDECREF(sid);
     Py_XDECREF(srel);
+    Py_XDECREF(rname);
+    Py_XDECREF(sname);
+    Py_XDECREF(reason);
+    Py_XDECREF(rev);
+    return out;
+}
+
+/* A CheckRequest's fields as read off the wire by read_check_request. */
+typedef struct {
+    const char *str[3]; /* subject, permission, resource */
+    Py_ssize_t len[3];
+} WireCheck;
+
+static int read_varint(const unsigned char **p, const unsigned char *end, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+        unsigned char b = *(*p)++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* 1 when `buf` is a CheckRequest this path takes: subject, permission and resource each
+ * given once and not empty, no at_least_revision other than 0, no other field; 0 for
+ * anything else (the caller decodes the request the usual way, and reports what is
+ * wrong with it). */
+static int read_check_request(const unsigned char *p, Py_ssize_t n, WireCheck *w)
+{
+    const unsigned char *end = p + n;
+    int seen = 0;
+    memset(w, 0, sizeof *w);
+    while (p < end) {
+        uint64_t key, v;
+        if (read_varint(&p, end, &key) < 0)
+            return 0;
+        uint64_t field = key >> 3, wt = key & 7;
+        if (field >= 1 && field <= 3 && wt == 2) {
+            if (seen & (1 << field) || read_varint(&p, end, &v) < 0 || v == 0 ||
+                v > (uint64_t)(end - p))
+                return 0;
+            seen |= 1 << field;
+            w->str[field - 1] = (const char *)p;
+            w->len[field - 1] = (Py_ssize_t)v;
+            p += v;
+        } else if (field == 4 && wt == 0) {
+            if (read_varint(&p, end, &v) < 0 || v != 0)
+                return 0;
+        } else {
+            return 0;
+        }
+    }
+    return seen == 0xe;
+}
+
+static unsigned char *put_varint(unsigned char *d, uint64_t v)
+{
+    while (v >= 0x80) {
+        *d++ = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    *d++ = (unsigned char)v;
+    return d;
+}
+
+/* A serialized CheckResponse, fields in number order and defaults left out, as protobuf
+ * serializes it. */
+static PyObject *check_response(int allowed, long long rev, PyObject *reason, long long prev)
+{
+    Py_ssize_t rlen = 0;
+    const char *r = NULL;
+    if (reason != Py_None && !(r = PyUnicode_AsUTF8AndSize(reason, &rlen)))
+        return NULL;
+    if (rlen > 1 << 20) {
+        PyErr_SetString(PyExc_ValueError, "kernel: reason too long");
+        return NULL;
+    }
+    unsigned char head[40], *d = head;
+    if (allowed) {
+        *d++ = 0x08;
+        *d++ = 1;
+    }
+    if (rev) {
+        *d++ = 0x10;
+        d = put_varint(d, (uint64_t)rev);
+    }
+    if (rlen) {
+        *d++ = 0x1a;
+        d = put_varint(d, (uint64_t)rlen);
+    }
+    unsigned char tail[12], *t = tail;
+    if (prev) {
+        *t++ = 0x20;
+        t = put_varint(t, (uint64_t)prev);
+    }
+    Py_ssize_t nh = d - head, nt = t - tail;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, nh + rlen + nt);
+    if (!out)
+        return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    memcpy(o, head, (size_t)nh);
+    if (rlen)
+        memcpy(o + nh, r, (size_t)rlen);
+    memcpy(o + nh + rlen, tail, (size_t)nt);
+    return out;
+}
+
+/* cells[i] += 1 (a metrics.Tally row: a list of numbers this thread alone writes) */
+static int bump(PyObject *cells, Py_ssize_t i)
+{
+    if (cells == Py_None)
+        return 0;
+    if (!PyList_CheckExact(cells) || PyList_GET_SIZE(cells) <= i) {
+        PyErr_SetString(PyExc_TypeError, "kernel: cells must be a list of counts");
+        return -1;
+    }
+    PyObject *n = PyNumber_Add(PyList_GET_ITEM(cells, i), s_one);
+    if (!n)
+        return -1;
+    PyList_SetItem(cells, i, n);
+    return 0;
+}
+
+/* check_wire(payload, snap, closures, subjects, resources, policy_revision, cells) ->
+ * the serialized CheckResponse, or None.
+ *
+ * Check from the request's bytes to the response's, for the server's hot path. Only a
+ * request whose subject and resource texts are keys of `subjects` and `resources` (the
+ * server's caches of references its parser accepted, so the texts are valid "type:id"
+ * names) is taken, and only when the subject has no relation; anything else, and any
+ * query the compiled check does not cover, is None: the caller then decodes the request
+ * and answers as usual. `cells[0]` (allowed) or `cells[1]` (denied) counts the answer;
+ * `cells` may be None. */
+static PyObject *Program_check_wire(Program *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "check_wire(payload, snap, closures, subjects, "
+                                         "resources, policy_revision, cells)");
+        return NULL;
+    }
+    PyObject *subjects = args[3], *resources = args[4], *cells = args[6];
+    if (!PyBytes_CheckExact(args[0]) || !PyDict_CheckExact(subjects) ||
+        !PyDict_CheckExact(resources)) {
+        PyErr_SetString(PyExc_TypeError, "check_wire: bytes, ..., dict, dict, ...");
+        return NULL;
+    }
+    long long prev = PyLong_AsLongLong(args[5]);
+    if (prev == -1 && PyErr_Occurred())
+        return NULL;
+    WireCheck w;
+    if (!self->it || !self->nodes ||
+        !read_check_request((const unsigned char *)PyBytes_AS_STRING(args[0]),
+                            PyBytes_GET_SIZE(args[0]), &w))
+        Py_RETURN_NONE;
+    /* a relation, or a text no cache holds (also a text that is not UTF-8): not here */
+    if (memchr(w.str[0], '#', (size_t)w.len[0]))
+        Py_RETURN_NONE;
+    const char *sc = memchr(w.str[0], ':', (size_t)w.len[0]);
+    const char *rc_ = memchr(w.str[2], ':', (size_t)w.len[2]);
+    if (!sc || !rc_)
+        Py_RETURN_NONE;
+    PyObject *sname = NULL, *rname = NULL, *perm = NULL, *stype = NULL, *rtype = NULL;
+    PyObject *reason = NULL, *rev = NULL, *out = NULL;
+    sname = PyUnicode_DecodeUTF8(w.str[0], w.len[0], NULL);
+    rname = sname ? PyUnicode_DecodeUTF8(w.str[2], w.len[2], NULL) : NULL;
+    perm = rname ? PyUnicode_DecodeUTF8(w.str[1], w.len[1], NULL) : NULL;
+    if (!perm) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+            out = Py_NewRef(Py_None);
+        }
+        goto done;
+    }
+    int hit = PyDict_Contains(subjects, sname);
+    if (hit > 0)
+        hit = PyDict_Contains(resources, rname);
+    if (hit <= 0) {
+        if (hit == 0)
+            out = Py_NewRef(Py_None);
+        goto done;
+    }
+    stype = PyUnicode_DecodeUTF8(w.str[0], sc - w.str[0], NULL);
+    rtype = stype ? PyUnicode_DecodeUTF8(w.str[2], rc_ - w.str[2], NULL) : NULL;
+    if (!rtype)
+        goto done;
+    int rc = check_names(self, args[1], args[2], perm, rtype, stype, rname, sname, &reason, &rev);
+    if (rc <= 0) {
+        if (rc == 0)
+            out = Py_NewRef(Py_None);
+        goto done;
+    }
+    long long r = PyLong_AsLongLong(rev);
+    if (r == -1 && PyErr_Occurred())
+        goto done;
+    int allowed = reason != Py_None;
+    out = check_response(allowed, r, allowed ? reason : self->no_path, prev);
+    if (out && bump(cells, allowed ? 0 : 1) < 0)
+        Py_CLEAR(out);
+done:
+    Py_XDECREF(sname);
+    Py_XDECREF(rname);
+    Py_XDECREF(perm);
+    Py_XDECREF(stype);
+    Py_XDECREF(rtype);
+    Py_XDECREF(reason);
     Py_XDECREF(rev);
     return out;
 }
@@ -1541,6 +1757,9 @@ static PyMethodDef Program_methods[] = {
      "bind(interner, nkeys, entries, types, decision): what check() needs"},
     {"check", (PyCFunction)(void (*)(void))Program_check, METH_FASTCALL,
      "check(snap, subject, permission, resource, closures) -> Decision, or None"},
+    {"check_wire", (PyCFunction)(void (*)(void))Program_check_wire, METH_FASTCALL,
+     "check_wire(payload, snap, closures, subjects, resources, policy_revision, cells) -> "
+     "the serialized CheckResponse, or None"},
     {"revs", (PyCFunction)(void (*)(void))Program_revs, METH_FASTCALL,
      "revs(snap, oids, srel, rid) -> the resources holding rid to any (oid, srel)"},
     {"nested", (PyCFunction)(void (*)(void))Program_nested, METH_FASTCALL,
@@ -1585,8 +1804,9 @@ PyMODINIT_FUNC PyInit__kernel(void)
     s_id = PyUnicode_InternFromString("id");
     s_relation = PyUnicode_InternFromString("relation");
     s_revision = PyUnicode_InternFromString("revision");
+    s_one = PyLong_FromLong(1);
     if (!s_interner || !s_names || !s_rel_names || !s_type || !s_id || !s_relation ||
-        !s_revision)
+        !s_revision || !s_one)
         return NULL;
     PyObject *m = PyModule_Create(&kernel_module);
     if (!m)

@@ -31,6 +31,17 @@ class Program:
     def check(
         self, snap: object, subject: object, permission: str, resource: object, closures: object, /
     ) -> Any: ...
+    def check_wire(
+        self,
+        payload: bytes,
+        snap: object,
+        closures: object,
+        subjects: dict[str, Any],
+        resources: dict[str, Any],
+        policy_revision: int,
+        cells: list[Any] | None,
+        /,
+    ) -> bytes | None: ...
     def revs(self, snap: object, oids: bytes, srel: int, rid: int, /) -> bytes: ...
     def nested(self, snap: object, seeds: bytes, rid: int, /) -> bytes: ...
 

@@ -8,7 +8,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from gatehouse.graph.store import (
     F_REL,
@@ -226,6 +226,29 @@ class Evaluator:
             if d is not None:
                 return d
         return self._check_compiled(snap, subject, permission, resource)
+
+    def check_wire(
+        self,
+        payload: bytes,
+        snap: Snapshot,
+        subjects: dict[str, SubjectRef],
+        resources: dict[str, ObjectRef],
+        policy_revision: int,
+        cells: list[Any] | None,
+    ) -> bytes | None:
+        """`check` from a serialized CheckRequest (gatehouse.v1) to a serialized
+        CheckResponse, in one C call, for a server's hot path; None when the request is not
+        one this path takes (see `_kernel.Program.check_wire`: subject and resource texts
+        must be keys of `subjects` and `resources`, the caller's caches of references its
+        parser accepted) or the compiled check does not cover it. The caller then decodes
+        the request and calls `check`, which also refreshes what the kernel needs. `cells`
+        (allowed, denied) counts the answer."""
+        prog = self._prog
+        if prog is None or prog.kernel is None:
+            return None
+        return prog.kernel.check_wire(
+            payload, snap, prog.closures, subjects, resources, policy_revision, cells
+        )
 
     def _check_compiled(
         self, snap: Snapshot, subject: SubjectRef, permission: str, resource: ObjectRef

@@ -236,6 +236,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 pb.CheckRequest.FromString,
                 _as_is,
                 check_blocks,
+                self._check_wire,
             ),
             FastMethod(
                 f"{service}/CheckBatch",
@@ -280,6 +281,29 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 self._check_bodies.clear()
             self._check_bodies[key] = body
         return body
+
+    def _check_wire(self, payload: bytes) -> bytes | None:
+        """Check for the fast path, from the request's bytes to the response's in one call
+        into the engine, when nothing but the check itself is to be done: no revision to wait
+        for, no decision log or cache, texts this servicer has parsed before. None: decode
+        the request and take `_check_serialized` (the same answer, by the longer way)."""
+        state = self.state
+        policy = state.policy
+        if (
+            policy is None
+            or not state.data_ready
+            or self.decision_log is not None
+            or self.checker is not direct_check
+        ):
+            return None
+        return policy.evaluator.check_wire(
+            payload,
+            state.store.current,
+            self._subjects,
+            self._resources,
+            policy.revision,
+            self.metrics.decided.cells() if self.metrics is not None else None,
+        )
 
     def _check(
         self, request: pb.CheckRequest, context: grpc.ServicerContext
