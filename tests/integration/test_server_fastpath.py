@@ -189,6 +189,19 @@ def test_repeated_checks_answer_and_count_alike(monkeypatch: pytest.MonkeyPatch)
         h.stop(0.5)
 
 
+def test_ping_answers_empty_and_other_requests(handle: ServerHandle) -> None:
+    """An empty Ping is answered without building messages; a Ping with fields (unknown to
+    this server's PingRequest) takes the usual way and is answered the same."""
+    with grpc.insecure_channel(handle.address) as ch:
+        ping = _raw(ch, "Ping")
+        assert ping(b"", timeout=5) == b""
+        assert ping(b"\x0a\x03abc", timeout=5) == b""
+        with pytest.raises(grpc.RpcError) as ei:
+            ping(b"\xff\xff\xff", timeout=5)
+        assert isinstance(ei.value, grpc.Call)
+        assert ei.value.code() == grpc.StatusCode.INTERNAL
+
+
 def test_many_concurrent_calls(handle: ServerHandle) -> None:
     with grpc.insecure_channel(handle.address) as ch:
         stub = pb_grpc.DecisionServiceStub(ch)  # type: ignore[no-untyped-call]
