@@ -401,15 +401,55 @@ static PyObject *run_rel(Query *q, Node *nd, const int64_t *arr, Py_ssize_t lo, 
     Py_RETURN_NONE;
 }
 
+/* Reasons are built on every allowed check: pieces of ASCII text are copied into one new
+ * str, several times cheaper than PyUnicode_FromFormat; a piece that is not ASCII takes the
+ * formatting path instead. */
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} Piece;
+
+#define LIT(x) ((Piece){(x), (Py_ssize_t)sizeof(x) - 1})
+
+/* 1 with *pc set when `u` is an ASCII str, else 0 */
+static int ascii_piece(PyObject *u, Piece *pc)
+{
+    if (!PyUnicode_CheckExact(u) || !PyUnicode_IS_ASCII(u))
+        return 0;
+    pc->s = (const char *)PyUnicode_DATA(u);
+    pc->n = PyUnicode_GET_LENGTH(u);
+    return 1;
+}
+
+static PyObject *cat_ascii(const Piece *pc, int n)
+{
+    Py_ssize_t len = 0;
+    for (int i = 0; i < n; i++)
+        len += pc[i].n;
+    PyObject *out = PyUnicode_New(len, 127);
+    if (!out)
+        return NULL;
+    char *d = (char *)PyUnicode_DATA(out);
+    for (int i = 0; i < n; i++) {
+        memcpy(d, pc[i].s, (size_t)pc[i].n);
+        d += pc[i].n;
+    }
+    return out;
+}
+
 /* "through <subject>": Interner.subject_str without the call when the relation is known */
 static PyObject *through(Program *p, int64_t uk)
 {
     int64_t rid = uk & REL_MASK, oid = uk >> REL_BITS;
     if (rid < PyList_GET_SIZE(p->rel_parts) && oid < PyList_GET_SIZE(p->names)) {
         PyObject *name = PyList_GET_ITEM(p->names, oid);
-        if (!rid)
+        PyObject *rel = rid ? PyList_GET_ITEM(p->rel_parts, rid) : NULL;
+        Piece pc[4] = {LIT("through "), {NULL, 0}, LIT("#"), {NULL, 0}};
+        if (ascii_piece(name, &pc[1]) && (!rel || ascii_piece(rel, &pc[3])))
+            return cat_ascii(pc, rel ? 4 : 2);
+        if (!rel)
             return PyUnicode_FromFormat("through %U", name);
-        return PyUnicode_FromFormat("through %U#%U", name, PyList_GET_ITEM(p->rel_parts, rid));
+        return PyUnicode_FromFormat("through %U#%U", name, rel);
     }
     PyObject *s = PyObject_CallFunction(p->subject_str, "L", (long long)uk);
     if (!s)
@@ -438,7 +478,11 @@ static PyObject *follow(Query *q, Node *nd, int64_t toid, int target)
         Py_DECREF(r);
         return NULL;
     }
-    PyObject *out = PyUnicode_FromFormat("%U->%U > %U", nd->s1, name, r);
+    Piece pc[5] = {{NULL, 0}, LIT("->"), {NULL, 0}, LIT(" > "), {NULL, 0}};
+    PyObject *out = ascii_piece(nd->s1, &pc[0]) && ascii_piece(name, &pc[2]) &&
+                            ascii_piece(r, &pc[4])
+                        ? cat_ascii(pc, 5)
+                        : PyUnicode_FromFormat("%U->%U > %U", nd->s1, name, r);
     Py_DECREF(name);
     Py_DECREF(r);
     return out;
