@@ -216,7 +216,7 @@ def test_background_compaction_gives_way_to_a_delta_but_is_not_starved(
     t0 = time.monotonic()
     st._give_way()  # no delta: no wait
     assert time.monotonic() - t0 < store_mod._GIVE_WAY
-    st._applying = True
+    st._idle.clear()
     t0 = time.monotonic()
     st._give_way()  # a delta that never ends: waits the bound, then goes on
     assert time.monotonic() - t0 >= store_mod._GIVE_WAY
@@ -231,6 +231,6 @@ def test_background_compaction_gives_way_to_a_delta_but_is_not_starved(
     th = threading.Thread(target=compact_step)
     th.start()
     assert not done.wait(0.05)  # still waiting for the delta
-    st._applying = False
+    st._idle.set()
     assert done.wait(10)
     th.join()

@@ -319,6 +319,36 @@ def test_switch_interval_restored() -> None:
     assert sys.getswitchinterval() == before
 
 
+def test_lowering_the_switch_interval_releases_the_gil_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread already waiting for the GIL waits out the interval it started with (5 ms by
+    default); the write releases the GIL once after lowering it, so such a reader waits again
+    with the lowered interval (bench/gil_floor.py shows the difference)."""
+    slept: list[float] = []
+    monkeypatch.setattr(store_mod.time, "sleep", slept.append)
+    current = [0.005]
+    monkeypatch.setattr(sys, "getswitchinterval", lambda: current[0])
+    monkeypatch.setattr(sys, "setswitchinterval", lambda v: current.__setitem__(0, v))
+    with store_mod._Switch(0.0005):
+        assert slept == [0] and current == [0.0005]
+    assert current == [0.005]  # restored
+    slept.clear()
+    with store_mod._Switch(0.01):  # not lower than the current one: nothing to do
+        assert slept == [] and current == [0.005]
+    # Overlapping writers (a delta during a background compaction): the first to finish must
+    # not raise the interval under the other; the last restores the original.
+    outer, inner = store_mod._Switch(0.0005), store_mod._Switch(0.0005)
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)
+    assert current == [0.0005]
+    inner.__exit__(None, None, None)
+    assert current == [0.005]
+    with store_mod._Switch(None):  # off: leaves the interval alone
+        assert current == [0.005]
+
+
 def test_background_compaction_keeps_later_deltas() -> None:
     """Deltas applied while a compaction runs survive it; contents never change."""
     store = GraphStore(min_compaction=2)

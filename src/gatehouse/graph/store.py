@@ -443,7 +443,10 @@ class GraphStore:
         self.switch_interval = switch_interval
         self.background_compaction = background_compaction
         self._compacting = False
-        self._applying = False  # a delta is being applied (a compaction gives way)
+        # Set while no delta is being applied: a background compaction step waits on it
+        # (sleeping, so it does not compete with the delta and readers for the GIL).
+        self._idle = threading.Event()
+        self._idle.set()
         # While a background compaction runs: the oids each index's deltas linked since its
         # snapshot (what the new base must keep in its overlay).
         self._dirty: tuple[set[int], set[int]] | None = None
@@ -504,11 +507,11 @@ class GraphStore:
         Raises DeltaError and changes nothing when the delta cannot be applied.
         """
         with self._write_lock, _Switch(self.switch_interval):
-            self._applying = True
+            self._idle.clear()
             try:
                 return self._apply(delta, revision)
             finally:
-                self._applying = False
+                self._idle.set()
 
     def _apply(self, delta: Delta, revision: int | None) -> Snapshot:
         """`apply` under the write lock."""
@@ -610,10 +613,7 @@ class GraphStore:
     def _give_way(self) -> None:
         """Between two steps of a background compaction: sleep while a delta is being applied
         (at most `_GIVE_WAY` seconds per step, so back-to-back deltas cannot starve it)."""
-        if self._applying:
-            end = time.monotonic() + _GIVE_WAY
-            while self._applying and time.monotonic() < end:
-                time.sleep(0.0002)
+        self._idle.wait(_GIVE_WAY)
 
     def _swap_base(
         self,
@@ -646,25 +646,47 @@ class GraphStore:
 
 
 class _Switch:
-    """Lower sys.getswitchinterval() to at most `interval` for the duration of a block."""
+    """Lower sys.getswitchinterval() to at most `interval` while any block runs.
 
-    __slots__ = ("interval", "old")
+    Writers on several threads (a delta, a background compaction, another store) overlap:
+    the first to enter saves the process's interval and the last to leave restores it, so
+    one finishing never raises the interval under another still running."""
+
+    __slots__ = ("interval",)
+    _lock = threading.Lock()
+    _active = 0
+    _saved: float | None = None
 
     def __init__(self, interval: float | None) -> None:
         self.interval = interval
-        self.old: float | None = None
 
     def __enter__(self) -> None:
-        if self.interval is not None:
+        if self.interval is None:
+            return
+        cls = _Switch
+        with cls._lock:
+            cls._active += 1
             old = sys.getswitchinterval()
-            if self.interval < old:
-                self.old = old
+            lowered = self.interval < old
+            if lowered:
+                if cls._saved is None:
+                    cls._saved = old
                 sys.setswitchinterval(self.interval)
+        if lowered:
+            # A thread that began waiting for the GIL before this (a reader, as this thread
+            # took it) waits out the interval it started with, up to 5 ms; one release wakes
+            # it, and it waits again with the lowered interval.
+            time.sleep(0)
 
     def __exit__(self, *exc: object) -> None:
-        if self.old is not None:
-            sys.setswitchinterval(self.old)
-            self.old = None
+        if self.interval is None:
+            return
+        cls = _Switch
+        with cls._lock:
+            cls._active -= 1
+            if cls._active == 0 and cls._saved is not None:
+                sys.setswitchinterval(cls._saved)
+                cls._saved = None
 
 
 @contextmanager
