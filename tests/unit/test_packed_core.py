@@ -368,11 +368,14 @@ def test_background_compaction_keeps_later_deltas() -> None:
     _model_indexes(final, model)
 
 
-def test_deltas_during_a_compaction_are_carried(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("step", [1, 2, 1 << 11])
+def test_deltas_during_a_compaction_are_carried(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     """A compaction held until more deltas land: the new base's overlay carries exactly the
-    groups those deltas changed (recorded as they link), and nothing is lost."""
+    groups those deltas changed (recorded as they link), and nothing is lost, whether the
+    carry is one call or several (`step` groups per call)."""
     import threading
 
+    monkeypatch.setattr(store_mod, "_CARRY_STEP", step)
     release = threading.Event()
     real = store_mod._repack
 
@@ -708,3 +711,18 @@ def test_c_carry_matches_the_python_one(
         assert want is not None
         assert got[0][got[1] : got[2]] == want[0][want[1] : want[2]]
     assert [x.tolist() for x in c_ovl] == [x.tolist() for x in p_ovl]
+    # In several calls, each going on from the last (what a compaction does, so readers get
+    # the GIL between calls): the same overlay, chunk for chunk, in C and in Python.
+    for cut in {0, len(oids) // 3, len(oids) // 2, len(oids)}:
+        s_ov, s_ovl, s_size = store_mod._packer.carry(ov, ovl, oids[:cut], since, chunk)
+        _, _, more = store_mod._packer.carry(ov, ovl, oids[cut:], since, chunk, s_ov, s_ovl)
+        assert (s_ov, s_size + more) == (c_ov, c_size)
+        assert [x.tolist() for x in s_ovl] == [x.tolist() for x in c_ovl]
+        try:
+            store_mod._CHUNK = chunk
+            q_ov, q_ovl, q_size = store_mod._carry(ov, ovl, oids[:cut], since, chunk)
+            _, _, more = store_mod._carry(ov, ovl, oids[cut:], since, chunk, q_ov, q_ovl)
+        finally:
+            store_mod._CHUNK = monkey
+        assert (q_ov, q_size + more) == (p_ov, p_size)
+        assert [x.tolist() for x in q_ovl] == [x.tolist() for x in p_ovl]

@@ -406,16 +406,22 @@ static PyObject *pack_find(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromLongLong(oid);
 }
 
-/* carry(ov, ovl, oids, since, chunk) -> (new_ov, new_ovl, entries): a fresh overlay holding
- * the newest region of each group of `oids` (references through `ov` into the chunks `ovl`)
- * that is newer than version `since`, as its only region (prev -1), in new chunks of at
- * most `chunk` entries (one region may exceed it alone). What a compaction keeps of the
- * deltas that landed while it ran; the caller holds the write lock. */
+/* carry(ov, ovl, oids, since, chunk[, new_ov, new_ovl]) -> (new_ov, new_ovl, entries): a
+ * fresh overlay holding the newest region of each group of `oids` (references through `ov`
+ * into the chunks `ovl`) that is newer than version `since`, as its only region (prev -1),
+ * in new chunks of at most `chunk` entries (one region may exceed it alone). Given the
+ * `new_ov` and `new_ovl` of an earlier call, it goes on filling them, so the caller can
+ * carry many groups in several short calls. What a compaction keeps of the deltas that
+ * landed while it ran; the caller holds the write lock. */
 static PyObject *pack_carry(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5 || !PyDict_Check(args[0]) || !PyList_Check(args[1]) ||
-        PyList_GET_SIZE(args[1]) < 1) {
-        PyErr_SetString(PyExc_TypeError, "carry(ov: dict, ovl: list, oids, since, chunk)");
+    int more = nargs == 7 && args[5] != Py_None;
+    if ((nargs != 5 && nargs != 7) || !PyDict_Check(args[0]) || !PyList_Check(args[1]) ||
+        PyList_GET_SIZE(args[1]) < 1 ||
+        (more && (!PyDict_Check(args[5]) || !PyList_Check(args[6]) ||
+                  PyList_GET_SIZE(args[6]) < 1))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "carry(ov: dict, ovl: list, oids, since, chunk[, new_ov, new_ovl])");
         return NULL;
     }
     PyObject *ov = args[0], *ovl = args[1];
@@ -426,13 +432,25 @@ static PyObject *pack_carry(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     if (!it)
         return NULL;
     PyObject *atype = (PyObject *)Py_TYPE(PyList_GET_ITEM(ovl, 0));
-    PyObject *new_ov = PyDict_New(), *new_ovl = PyList_New(0), *result = NULL;
-    PyObject *last = new_ov && new_ovl ? PyObject_CallFunction(atype, "s", "q") : NULL;
+    PyObject *new_ov, *new_ovl, *last, *result = NULL;
     Vec out = {0};
     Py_ssize_t clen = 0, size = 0;
-    if (!last || PyList_Append(new_ovl, last) < 0)
-        goto done;
-    Py_DECREF(last); /* the list holds it */
+    if (more) {
+        new_ov = Py_NewRef(args[5]);
+        new_ovl = Py_NewRef(args[6]);
+        last = PyList_GET_ITEM(new_ovl, PyList_GET_SIZE(new_ovl) - 1);
+        if ((clen = PyObject_Length(last)) < 0)
+            goto done;
+    } else {
+        new_ov = PyDict_New();
+        new_ovl = PyList_New(0);
+        last = new_ov && new_ovl ? PyObject_CallFunction(atype, "s", "q") : NULL;
+        if (!last || PyList_Append(new_ovl, last) < 0) {
+            Py_XDECREF(last);
+            goto done;
+        }
+        Py_DECREF(last); /* the list holds it */
+    }
     PyObject *oid;
     while ((oid = PyIter_Next(it))) {
         PyObject *ref = PyDict_GetItemWithError(ov, oid);
@@ -512,7 +530,7 @@ static PyMethodDef pack_methods[] = {
     {"find", (PyCFunction)(void (*)(void))pack_find, METH_FASTCALL,
      "find(interner, name) -> the oid of name, or -1"},
     {"carry", (PyCFunction)(void (*)(void))pack_carry, METH_FASTCALL,
-     "carry(ov, ovl, oids, since, chunk) -> (new_ov, new_ovl, entries)"},
+     "carry(ov, ovl, oids, since, chunk[, new_ov, new_ovl]) -> (new_ov, new_ovl, entries)"},
     {"edits", (PyCFunction)pack_edits, METH_O,
      "edits(net) -> (forward, reverse): a delta's net changes as sorted edits per index"},
     {NULL, NULL, 0, NULL},

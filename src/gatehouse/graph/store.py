@@ -78,6 +78,7 @@ if _packer is not None and _packer.LAYOUT != (REL_BITS, F_REL, R_REL, _FE_BITS):
 _LITTLE = sys.byteorder == "little" and array("I").itemsize == 4
 _OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
 _RUN = 1 << 14  # entries or objects per C call while repacking (bounds GIL hold time)
+_CARRY_STEP = 1 << 11  # groups per C call of a compaction's carry (each ~0.2 ms)
 # Overlay groups that trigger a compaction at most: the steps over the overlay's keys that
 # are single C calls (copying the key list) stay well under a millisecond.
 _MAX_OVERLAY = 1 << 16
@@ -629,9 +630,8 @@ class GraphStore:
         # reader of the new snapshot is at least as new as all of them. The deltas since
         # recorded which (under this lock): the carry is what they changed, not the overlay.
         f_dirty, r_dirty = self._dirty or (set(), set())
-        carry = _carry if _packer is None else _packer.carry
-        f_ov, f_ovl, f_size = carry(cur.f_ov, cur.f_ovl, f_dirty, snap.ver, _CHUNK)
-        r_ov, r_ovl, r_size = carry(cur.r_ov, cur.r_ovl, r_dirty, snap.ver, _CHUNK)
+        f_ov, f_ovl, f_size = _carry_steps(cur.f_ov, cur.f_ovl, f_dirty, snap.ver)
+        r_ov, r_ovl, r_size = _carry_steps(cur.r_ov, cur.r_ovl, r_dirty, snap.ver)
         self._ov_size = f_size + r_size
         self._publish(
             Snapshot(
@@ -853,13 +853,35 @@ def _link(
         raise
 
 
+def _carry_steps(
+    ov: dict[int, int], ovl: list[array[int]], oids: set[int], since: int
+) -> tuple[dict[int, int], list[array[int]], int]:
+    """`_carry` of many groups in calls of at most `_CARRY_STEP` groups each: readers sharing the
+    GIL get it between two calls (the write lock, held throughout, keeps deltas out)."""
+    carry = _carry if _packer is None else _packer.carry
+    todo = list(oids)
+    step = _CARRY_STEP
+    new_ov, new_ovl, size = carry(ov, ovl, todo[:step], since, _CHUNK)
+    for i in range(step, len(todo), step):
+        _, _, n = carry(ov, ovl, todo[i : i + step], since, _CHUNK, new_ov, new_ovl)
+        size += n
+    return new_ov, new_ovl, size
+
+
 def _carry(
-    ov: dict[int, int], ovl: list[array[int]], oids: Iterable[int], since: int, chunk: int
+    ov: dict[int, int],
+    ovl: list[array[int]],
+    oids: Iterable[int],
+    since: int,
+    chunk: int,
+    new_ov: dict[int, int] | None = None,
+    new_ovl: list[array[int]] | None = None,
 ) -> tuple[dict[int, int], list[array[int]], int]:
     """A fresh overlay holding the newest region of each group of `oids` changed after
-    version `since` (as the only one: prev -1); `chunk` is `_CHUNK` (as `_packer.carry`)."""
-    new_ov: dict[int, int] = {}
-    new_ovl = [array("q")]
+    version `since` (as the only one: prev -1), or `new_ov`/`new_ovl` of an earlier call
+    filled further; `chunk` is `_CHUNK` (as `_packer.carry`)."""
+    if new_ov is None or new_ovl is None:
+        new_ov, new_ovl = {}, [array("q")]
     size = 0
     for oid in oids:  # the caller holds the write lock: `ov` cannot change
         v = ov[oid]
