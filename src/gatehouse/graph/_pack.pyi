@@ -24,5 +24,12 @@ LAYOUT: tuple[int, int, int, int]
 
 def find(interner: object, name: str, /) -> int: ...
 def carry(
-    ov: dict[int, int], ovl: list[Any], oids: Iterable[int], since: int, chunk: int, /
+    ov: dict[int, int],
+    ovl: list[Any],
+    oids: Iterable[int],
+    since: int,
+    chunk: int,
+    new_ov: dict[int, int] | None = None,
+    new_ovl: list[Any] | None = None,
+    /,
 ) -> tuple[dict[int, int], list[Any], int]: ...
