@@ -289,7 +289,8 @@ def run_size(target: int, args: argparse.Namespace) -> dict[str, float]:
     r["stall_p99_ms"] = pct(inside, 99) / 1e6 if inside else 0.0
     # The machine's floor in the same run: the same kind of reader against pure-Python
     # bursts as long as a median apply, at the same lowered switch interval.
-    fin, _ = gil_floor(len(deltas), max(1.0, r["delta_p50"]), 0.5)
+    switch_ms = (st.switch_interval or sys.getswitchinterval()) * 1e3
+    fin, _ = gil_floor(len(deltas), max(1.0, r["delta_p50"]), switch_ms)
     r["floor_max_ms"] = max(fin, default=0) / 1e6
     r["floor_p99_ms"] = pct(fin, 99) / 1e6 if fin else 0.0
     r["stall_plain_ms"] = stall_plain / 1e6

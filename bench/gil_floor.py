@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--bursts", type=int, default=20)
     p.add_argument("--burst-ms", type=float, default=10.0)
-    p.add_argument("--switch-ms", type=float, default=0.5)
+    p.add_argument("--switch-ms", type=float, default=0.25)
     p.add_argument(
         "--no-rearm",
         action="store_true",

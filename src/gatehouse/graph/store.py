@@ -416,10 +416,12 @@ class GraphStore:
     `current` is replaced by a single attribute assignment, so a reader sees either the old
     snapshot or the new one. Writers are serialised by a lock; readers never take it.
 
-    `switch_interval` (seconds, default 0.5 ms): while a load, delta or compaction is being
+    `switch_interval` (seconds, default 0.25 ms): while a load, delta or compaction is being
     built, the interpreter's thread switch interval is lowered to at most this, so reader
     threads sharing the GIL wait that long for it rather than Python's default 5 ms; the
-    previous value is restored afterwards. None leaves the interpreter setting alone.
+    previous value is restored afterwards. None leaves the interpreter setting alone. (At
+    0.5 ms a reader competing with a delta saw gaps up to 2.3-3.6 ms, at 0.25 ms up to
+    0.65-0.76 ms, for the same apply time: bench/README.md, round 5.)
 
     Compaction (folding the overlay into a new packed base once it holds more groups than
     `min_compaction` and `compaction_ratio` of the objects, capped at 2^16 groups, or more
@@ -433,7 +435,7 @@ class GraphStore:
         self,
         compaction_ratio: float = 0.125,
         min_compaction: int = 4096,
-        switch_interval: float | None = 0.0005,
+        switch_interval: float | None = 0.00025,
         background_compaction: bool = True,
     ) -> None:
         self.interner = Interner()
