@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -366,6 +367,43 @@ def test_background_compaction_keeps_later_deltas() -> None:
     assert sorted(final.tuples()) == sorted(model)
     assert final.count == len(model)
     _model_indexes(final, model)
+
+
+def test_reap_frees_only_what_nobody_else_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_reap` empties an overlay dict only once it holds the last reference to it."""
+    monkeypatch.setattr(store_mod, "_REAP_WAIT", 0.05)
+    popped: list[int] = []
+
+    class Logged(dict):  # type: ignore[type-arg]
+        def popitem(self) -> tuple[int, int]:
+            popped.append(1)
+            return super().popitem()  # type: ignore[no-any-return]
+
+    store_mod._reap([Logged({i: i for i in range(100)})])
+    assert len(popped) == 100  # nobody else held it: emptied entry by entry
+    popped.clear()
+    held = Logged({i: i for i in range(100)})
+    store_mod._reap([held])  # held here: waits out the deadline and leaves it alone
+    assert popped == [] and len(held) == 100
+
+
+def test_snapshots_held_across_a_compaction_keep_their_overlay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An old snapshot a reader still holds when a background compaction replaces its
+    overlay keeps answering exactly what it held: the reaper never empties its dicts."""
+    monkeypatch.setattr(store_mod, "_REAP_WAIT", 0.05)
+    store = GraphStore(min_compaction=2, compaction_ratio=0)
+    model = {f"fund:f{i}#viewer@user:u{i}" for i in range(20)}
+    store.load(sorted(model), revision=1)
+    held = store.apply(Delta.of([f"fund:f{i}#editor@user:u0" for i in range(5)]))
+    want = sorted(held.tuples())
+    ov_size = (len(held.f_ov), len(held.r_ov))
+    assert store.wait_compacted(10)
+    assert store.current.f_ov is not held.f_ov  # replaced by the compaction
+    time.sleep(0.2)  # past the reaper's deadline
+    assert (len(held.f_ov), len(held.r_ov)) == ov_size
+    assert sorted(held.tuples()) == want
 
 
 @pytest.mark.parametrize("step", [1, 2, 1 << 11])
@@ -726,3 +764,43 @@ def test_c_carry_matches_the_python_one(
             store_mod._CHUNK = monkey
         assert (q_ov, q_size + more) == (p_ov, p_size)
         assert [x.tolist() for x in q_ovl] == [x.tolist() for x in p_ovl]
+
+
+@SETTINGS
+@given(
+    src=st.lists(st.integers(0, 2**32 - 1), max_size=40),
+    cut=st.tuples(st.integers(0, 40), st.integers(0, 40)),
+    shift=st.integers(-(2**33), 2**33),
+    before=st.lists(st.integers(0, 2**32 - 1), max_size=3),
+)
+def test_c_shifted_offsets_match_python(
+    src: list[int], cut: tuple[int, int], shift: int, before: list[int]
+) -> None:
+    """The compaction's offset copy in C against `map(add, ...)`: same result, or the same
+    OverflowError with the destination unchanged."""
+    from array import array
+    from itertools import repeat
+    from operator import add
+
+    assert store_mod._packer is not None
+    a, b = min(cut), min(max(cut), len(src))
+    a = min(a, b)
+    arr = array("I", src)
+    want = array("I", before)
+    try:
+        want.extend(map(add, arr[a:b], repeat(shift)))
+        ok = True
+    except OverflowError:
+        ok = False
+    got = array("I", before)
+    if ok:
+        store_mod._packer.shifted(got, arr, a, b, shift)
+        assert got == want
+    else:
+        with pytest.raises(OverflowError):
+            store_mod._packer.shifted(got, arr, a, b, shift)
+        assert got == array("I", before)
+    with pytest.raises(IndexError):
+        store_mod._packer.shifted(got, arr, 0, len(src) + 1, 0)
+    with pytest.raises(TypeError):
+        store_mod._packer.shifted(got, array("q", src), 0, 0, 0)

@@ -79,6 +79,8 @@ _LITTLE = sys.byteorder == "little" and array("I").itemsize == 4
 _OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
 _RUN = 1 << 14  # entries or objects per C call while repacking (bounds GIL hold time)
 _CARRY_STEP = 1 << 11  # groups per C call of a compaction's carry (each ~0.2 ms)
+_REAP_WAIT = 2.0  # longest a compaction waits to free the overlay it replaced, in steps
+_REAP_POLL = 0.005
 # Overlay groups that trigger a compaction at most: the steps over the overlay's keys that
 # are single C calls (copying the key list) stay well under a millisecond.
 _MAX_OVERLAY = 1 << 16
@@ -581,16 +583,31 @@ class GraphStore:
                 return self.current
             self._dirty = (set(), set())
             threading.Thread(
-                target=self._compact, args=(snap,), name="gatehouse-compact", daemon=True
+                target=self._background_compact,
+                args=([snap],),
+                name="gatehouse-compact",
+                daemon=True,
             ).start()
         return snap
+
+    def _background_compact(self, box: list[Snapshot]) -> None:
+        """`_compact` on a thread of its own, then `_reap` of the overlay dicts it replaced.
+        `box` hands the snapshot over, so that this thread's arguments do not keep it, and
+        with it the dicts, alive."""
+        snap = box.pop()
+        old = [snap.f_ov, snap.r_ov]
+        published = self._compact(snap)
+        del snap
+        if published:
+            _reap(old)
 
     def wait_compacted(self, timeout: float | None = None) -> bool:
         """Block until no compaction is running; False on timeout."""
         return self._compacted.wait(timeout)
 
-    def _compact(self, snap: Snapshot, locked: bool = False) -> None:
-        """Fold `snap`'s overlay into a new packed base and publish it over `current`."""
+    def _compact(self, snap: Snapshot, locked: bool = False) -> bool:
+        """Fold `snap`'s overlay into a new packed base and publish it over `current`;
+        return whether it was published."""
         try:
             with _Switch(self.switch_interval):
                 n = len(self.interner.names)
@@ -602,12 +619,11 @@ class GraphStore:
                         f_off, f_dat = _repack(snap.f_off, snap.f_dat, snap.overlay(True), n, wait)
                         r_off, r_dat = _repack(snap.r_off, snap.r_dat, snap.overlay(False), n, wait)
                 except DeltaError:
-                    return  # too big for 4-byte offsets: keep serving from the overlay
+                    return False  # too big for 4-byte offsets: keep serving from the overlay
                 if locked:
-                    self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
-                else:
-                    with self._write_lock:
-                        self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
+                    return self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
+                with self._write_lock:
+                    return self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
         finally:
             self._dirty = None  # before a new compaction may start and set its own
             self._compacting = False
@@ -623,11 +639,12 @@ class GraphStore:
         snap: Snapshot,
         f: tuple[array[int], array[int]],
         r: tuple[array[int], array[int]],
-    ) -> None:
-        """Publish the packed `f`/`r` (built from `snap`) as the base of `current`."""
+    ) -> bool:
+        """Publish the packed `f`/`r` (built from `snap`) as the base of `current`; False
+        when a load replaced the graph meanwhile (the base is stale and dropped)."""
         cur = self.current
         if cur.f_ov is not snap.f_ov or cur.r_ov is not snap.r_ov:
-            return  # a load replaced the graph meanwhile: this base is stale
+            return False
         # Groups changed after `snap` stay in a fresh overlay, newest version only: every
         # reader of the new snapshot is at least as new as all of them. The deltas since
         # recorded which (under this lock): the carry is what they changed, not the overlay.
@@ -645,6 +662,29 @@ class GraphStore:
                 cur.ver,
             )
         )
+        return True
+
+
+def _reap(dicts: list[dict[int, int]]) -> None:
+    """Free the overlay dicts a compaction replaced, a few entries at a time.
+
+    Freeing a dict of 65,536 int entries at once holds the GIL ~1 ms, in whichever thread
+    drops the last reference: often a reader, as it moves to the new snapshot. This waits,
+    up to `_REAP_WAIT` seconds, until it holds the last reference (no snapshot, reader or
+    closure table does, so no one can read the dict any more), then empties it in a Python
+    loop, which gives the GIL away at the switch interval. A dict still held at the deadline
+    is left to whoever drops it last, as before."""
+    end = time.monotonic() + _REAP_WAIT
+    while dicts:
+        d = dicts.pop()
+        # 2: `d` here and getrefcount's own argument
+        while sys.getrefcount(d) > 2 and time.monotonic() < end:
+            time.sleep(_REAP_POLL)
+        if sys.getrefcount(d) == 2:
+            pop = d.popitem
+            while d:
+                pop()
+        del d
 
 
 class _Switch:
@@ -1026,7 +1066,10 @@ def _repack(
                 c = min(c, max(a + 1, bisect_left(off, off[a] + _RUN, a + 1, c + 1) - 1))
             shift = len(new_dat) - off[a]
             new_dat.extend(dat[off[a] : off[c]])
-            new_off.extend(map(add, off[a + 1 : c + 1], repeat(shift)))
+            if _packer is not None and new_off.typecode == off.typecode == "I":
+                _packer.shifted(new_off, off, a + 1, c + 1, shift)
+            else:
+                new_off.extend(map(add, off[a + 1 : c + 1], repeat(shift)))
             a = c
 
     def pad(upto: int) -> None:
