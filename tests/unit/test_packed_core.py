@@ -369,30 +369,11 @@ def test_background_compaction_keeps_later_deltas() -> None:
     _model_indexes(final, model)
 
 
-def test_reap_frees_only_what_nobody_else_holds(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`_reap` empties an overlay dict only once it holds the last reference to it."""
-    monkeypatch.setattr(store_mod, "_REAP_WAIT", 0.05)
-    popped: list[int] = []
-
-    class Logged(dict):  # type: ignore[type-arg]
-        def popitem(self) -> tuple[int, int]:
-            popped.append(1)
-            return super().popitem()  # type: ignore[no-any-return]
-
-    store_mod._reap([Logged({i: i for i in range(100)})])
-    assert len(popped) == 100  # nobody else held it: emptied entry by entry
-    popped.clear()
-    held = Logged({i: i for i in range(100)})
-    store_mod._reap([held])  # held here: waits out the deadline and leaves it alone
-    assert popped == [] and len(held) == 100
-
-
 def test_snapshots_held_across_a_compaction_keep_their_overlay(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An old snapshot a reader still holds when a background compaction replaces its
-    overlay keeps answering exactly what it held: the reaper never empties its dicts."""
-    monkeypatch.setattr(store_mod, "_REAP_WAIT", 0.05)
+    overlay keeps answering exactly what it held."""
     store = GraphStore(min_compaction=2, compaction_ratio=0)
     model = {f"fund:f{i}#viewer@user:u{i}" for i in range(20)}
     store.load(sorted(model), revision=1)
@@ -401,7 +382,7 @@ def test_snapshots_held_across_a_compaction_keep_their_overlay(
     ov_size = (len(held.f_ov), len(held.r_ov))
     assert store.wait_compacted(10)
     assert store.current.f_ov is not held.f_ov  # replaced by the compaction
-    time.sleep(0.2)  # past the reaper's deadline
+    time.sleep(0.05)
     assert (len(held.f_ov), len(held.r_ov)) == ov_size
     assert sorted(held.tuples()) == want
 

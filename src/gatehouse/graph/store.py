@@ -79,8 +79,6 @@ _LITTLE = sys.byteorder == "little" and array("I").itemsize == 4
 _OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
 _RUN = 1 << 14  # entries or objects per C call while repacking (bounds GIL hold time)
 _CARRY_STEP = 1 << 11  # groups per C call of a compaction's carry (each ~0.2 ms)
-_REAP_WAIT = 2.0  # longest a compaction waits to free the overlay it replaced, in steps
-_REAP_POLL = 0.005
 # Overlay groups that trigger a compaction at most: the steps over the overlay's keys that
 # are single C calls (copying the key list) stay well under a millisecond.
 _MAX_OVERLAY = 1 << 16
@@ -583,23 +581,9 @@ class GraphStore:
                 return self.current
             self._dirty = (set(), set())
             threading.Thread(
-                target=self._background_compact,
-                args=([snap],),
-                name="gatehouse-compact",
-                daemon=True,
+                target=self._compact, args=(snap,), name="gatehouse-compact", daemon=True
             ).start()
         return snap
-
-    def _background_compact(self, box: list[Snapshot]) -> None:
-        """`_compact` on a thread of its own, then `_reap` of the overlay dicts it replaced.
-        `box` hands the snapshot over, so that this thread's arguments do not keep it, and
-        with it the dicts, alive."""
-        snap = box.pop()
-        old = [snap.f_ov, snap.r_ov]
-        published = self._compact(snap)
-        del snap
-        if published:
-            _reap(old)
 
     def wait_compacted(self, timeout: float | None = None) -> bool:
         """Block until no compaction is running; False on timeout."""
@@ -663,28 +647,6 @@ class GraphStore:
             )
         )
         return True
-
-
-def _reap(dicts: list[dict[int, int]]) -> None:
-    """Free the overlay dicts a compaction replaced, a few entries at a time.
-
-    Freeing a dict of 65,536 int entries at once holds the GIL ~1 ms, in whichever thread
-    drops the last reference: often a reader, as it moves to the new snapshot. This waits,
-    up to `_REAP_WAIT` seconds, until it holds the last reference (no snapshot, reader or
-    closure table does, so no one can read the dict any more), then empties it in a Python
-    loop, which gives the GIL away at the switch interval. A dict still held at the deadline
-    is left to whoever drops it last, as before."""
-    end = time.monotonic() + _REAP_WAIT
-    while dicts:
-        d = dicts.pop()
-        # 2: `d` here and getrefcount's own argument
-        while sys.getrefcount(d) > 2 and time.monotonic() < end:
-            time.sleep(_REAP_POLL)
-        if sys.getrefcount(d) == 2:
-            pop = d.popitem
-            while d:
-                pop()
-        del d
 
 
 class _Switch:
