@@ -393,7 +393,6 @@ done:
     return result;
 }
 
-/* find(interner, name) -> oid or -1: Interner.oid without the interpreter's per-step cost */
 /* shifted(dst, src, a, b, shift): dst.extend(x + shift for x in src[a:b]), for arrays of
  * 4-byte unsigned offsets ('I'). A compaction copies runs of the old base's offsets this
  * way: the same loop in Python (map(add, ...)) held the GIL ~1 ms per 16,384 offsets, this
@@ -444,6 +443,7 @@ done:
     return out;
 }
 
+/* find(interner, name) -> oid or -1: Interner.oid without the interpreter's per-step cost */
 static PyObject *pack_find(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 || !PyUnicode_CheckExact(args[1])) {

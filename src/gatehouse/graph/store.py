@@ -589,9 +589,8 @@ class GraphStore:
         """Block until no compaction is running; False on timeout."""
         return self._compacted.wait(timeout)
 
-    def _compact(self, snap: Snapshot, locked: bool = False) -> bool:
-        """Fold `snap`'s overlay into a new packed base and publish it over `current`;
-        return whether it was published."""
+    def _compact(self, snap: Snapshot, locked: bool = False) -> None:
+        """Fold `snap`'s overlay into a new packed base and publish it over `current`."""
         try:
             with _Switch(self.switch_interval):
                 n = len(self.interner.names)
@@ -603,11 +602,12 @@ class GraphStore:
                         f_off, f_dat = _repack(snap.f_off, snap.f_dat, snap.overlay(True), n, wait)
                         r_off, r_dat = _repack(snap.r_off, snap.r_dat, snap.overlay(False), n, wait)
                 except DeltaError:
-                    return False  # too big for 4-byte offsets: keep serving from the overlay
+                    return  # too big for 4-byte offsets: keep serving from the overlay
                 if locked:
-                    return self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
-                with self._write_lock:
-                    return self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
+                    self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
+                else:
+                    with self._write_lock:
+                        self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
         finally:
             self._dirty = None  # before a new compaction may start and set its own
             self._compacting = False
@@ -623,12 +623,11 @@ class GraphStore:
         snap: Snapshot,
         f: tuple[array[int], array[int]],
         r: tuple[array[int], array[int]],
-    ) -> bool:
-        """Publish the packed `f`/`r` (built from `snap`) as the base of `current`; False
-        when a load replaced the graph meanwhile (the base is stale and dropped)."""
+    ) -> None:
+        """Publish the packed `f`/`r` (built from `snap`) as the base of `current`."""
         cur = self.current
         if cur.f_ov is not snap.f_ov or cur.r_ov is not snap.r_ov:
-            return False
+            return  # a load replaced the graph meanwhile: this base is stale
         # Groups changed after `snap` stay in a fresh overlay, newest version only: every
         # reader of the new snapshot is at least as new as all of them. The deltas since
         # recorded which (under this lock): the carry is what they changed, not the overlay.
@@ -646,7 +645,6 @@ class GraphStore:
                 cur.ver,
             )
         )
-        return True
 
 
 class _Switch:

@@ -243,7 +243,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 pb.CheckRequest.FromString,
                 _as_is,
                 check_blocks,
-                self._check_wire,
+                # Fixed at construction: with a decision log or cache, no wire path at all.
+                self._check_wire
+                if self.decision_log is None and self.checker is direct_check
+                else None,
             ),
             FastMethod(
                 f"{service}/CheckBatch",
@@ -293,16 +296,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def _check_wire(self, payload: bytes) -> bytes | None:
         """Check for the fast path, from the request's bytes to the response's in one call
         into the engine, when nothing but the check itself is to be done: no revision to wait
-        for, no decision log or cache, texts this servicer has parsed before. None: decode
-        the request and take `_check_serialized` (the same answer, by the longer way)."""
+        for, texts this servicer has parsed before (`fast_methods` offers it only without a
+        decision log or cache). None: decode the request and take `_check_serialized` (the
+        same answer, by the longer way)."""
         state = self.state
         policy = state.policy
-        if (
-            policy is None
-            or not state.data_ready
-            or self.decision_log is not None
-            or self.checker is not direct_check
-        ):
+        if policy is None or not state.data_ready:
             return None
         return policy.evaluator.check_wire(
             payload,
