@@ -207,30 +207,55 @@ def test_link_is_all_or_nothing() -> None:
 def test_background_compaction_gives_way_to_a_delta_but_is_not_starved(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A compaction step waits while a delta is being applied, for a bounded time only."""
+    """A compaction step holds the writers' turn: between two steps it hands the turn to a
+    delta being applied and sleeps; after waiting `_GIVE_WAY` for deltas back to back, it
+    takes the turn before the next delta does."""
     import time
 
     from gatehouse.graph import store as store_mod
 
     st = GraphStore()
-    t0 = time.monotonic()
-    st._give_way()  # no delta: no wait
-    assert time.monotonic() - t0 < store_mod._GIVE_WAY
-    st._idle.clear()
-    t0 = time.monotonic()
-    st._give_way()  # a delta that never ends: waits the bound, then goes on
-    assert time.monotonic() - t0 >= store_mod._GIVE_WAY
-    # a step that starts during a delta goes on once the delta is done
-    monkeypatch.setattr(store_mod, "_GIVE_WAY", 30.0)
-    done = threading.Event()
-
-    def compact_step() -> None:
+    with st._turn:  # no delta: the next step goes on at once, holding the turn
+        t0 = time.monotonic()
         st._give_way()
-        done.set()
+        assert time.monotonic() - t0 < store_mod._GIVE_WAY
+        assert st._turn.locked()
+    monkeypatch.setattr(store_mod, "_GIVE_WAY", 0.1)
+    order: list[str] = []
+    stepping = threading.Event()
+    end_first = threading.Event()
 
-    th = threading.Thread(target=compact_step)
-    th.start()
-    assert not done.wait(0.05)  # still waiting for the delta
-    st._idle.set()
-    assert done.wait(10)
-    th.join()
+    def compaction() -> None:
+        with st._turn:
+            stepping.set()
+            while st._idle.is_set():  # the first delta is waiting for the turn
+                time.sleep(0.001)
+            st._give_way()  # it takes the turn here
+            order.append("step")
+            time.sleep(0.05)  # a step: the second delta waits for it
+
+    def delta(name: str, end: threading.Event | None) -> None:
+        with st._writing():
+            order.append(name)
+            if end is not None:
+                assert end.wait(10)
+
+    c = threading.Thread(target=compaction)
+    c.start()
+    assert stepping.wait(10)
+    d1 = threading.Thread(target=delta, args=("delta 1", end_first))
+    d1.start()
+    deadline = time.monotonic() + 10
+    while not st._starved:  # the step has waited the whole bound
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert order == ["delta 1"]
+    d2 = threading.Thread(target=delta, args=("delta 2", None))
+    d2.start()
+    time.sleep(0.05)
+    assert order == ["delta 1"]  # the second delta waits for the starved step
+    end_first.set()
+    for th in (c, d1, d2):
+        th.join(10)
+    assert order == ["delta 1", "step", "delta 2"]
+    assert not st._starved and st._handoff.is_set() and not st._turn.locked()

@@ -745,6 +745,19 @@ def test_c_carry_matches_the_python_one(
             store_mod._CHUNK = monkey
         assert (q_ov, q_size + more) == (p_ov, p_size)
         assert [x.tolist() for x in q_ovl] == [x.tolist() for x in p_ovl]
+    # Oids repeated (the deltas' record of what they changed has one per delta): each group
+    # is carried once, where it first appears.
+    again = oids + oids[::-1] + oids[::2]
+    for cut in {0, len(again) // 3, len(again)}:
+        for carry in (store_mod._packer.carry, store_mod._carry):
+            try:
+                store_mod._CHUNK = chunk
+                r_ov, r_ovl, r_size = carry(ov, ovl, again[:cut], since, chunk)
+                _, _, more = carry(ov, ovl, again[cut:], since, chunk, r_ov, r_ovl)
+            finally:
+                store_mod._CHUNK = monkey
+            assert (r_ov, r_size + more) == (c_ov, c_size)
+            assert [x.tolist() for x in r_ovl] == [x.tolist() for x in c_ovl]
 
 
 @SETTINGS

@@ -38,7 +38,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from itertools import repeat
 from operator import add, itemgetter, sub
 from typing import TypeAlias
@@ -450,9 +450,20 @@ class GraphStore:
         # (sleeping, so it does not compete with the delta and readers for the GIL).
         self._idle = threading.Event()
         self._idle.set()
+        # Held by whichever writer is building (a delta, a load, or one step of a background
+        # compaction): readers then share the GIL with one writer at most. Three threads
+        # waiting for it starve each other: the GIL wakes one waiter at a time, not
+        # necessarily the one that asked for the switch.
+        self._turn = threading.Lock()
+        # Set by a compaction that waited `_GIVE_WAY` for deltas back to back: the next delta
+        # lets one step take the turn first (`_handoff` is set when it has).
+        self._starved = False
+        self._handoff = threading.Event()
+        self._handoff.set()
         # While a background compaction runs: the oids each index's deltas linked since its
-        # snapshot (what the new base must keep in its overlay).
-        self._dirty: tuple[set[int], set[int]] | None = None
+        # snapshot (what the new base must keep in its overlay), repeats included. Arrays, not
+        # sets: a set's table grows by doubling into fresh pages, ~1 ms per MiB here.
+        self._dirty: tuple[array[int], array[int]] | None = None
         self._compacted = threading.Event()
         self._compacted.set()
         self._ver = 0  # last overlay version handed out (never reused, even on failure)
@@ -476,7 +487,7 @@ class GraphStore:
         tuples are consumed one by one (no list of parsed tuples: that temporary would
         dominate the process's memory), and an error from them — a malformed tuple, or the
         caller's validation — aborts the load before anything is published."""
-        with self._write_lock, _Switch(self.switch_interval):
+        with self._write_lock, _Switch(self.switch_interval), self._writing():
             if revision < self.current.revision:
                 raise DeltaError(
                     f"snapshot revision {revision} is older than current {self.current.revision}"
@@ -488,10 +499,11 @@ class GraphStore:
                 f_off, f_dat, r_off, r_dat = _load_groups(it, tuples)
             self._ver += 1
             self._ov_size = 0
+            room = self._overlay_limit(len(f_off) - 1, len(r_off) - 1)
             snap = Snapshot(
                 it,
-                (f_off, f_dat, {}, [array("q")]),
-                (r_off, r_dat, {}, [array("q")]),
+                (f_off, f_dat, _presized(room), [array("q")]),
+                (r_off, r_dat, _presized(room), [array("q")]),
                 revision,
                 len(f_dat),
                 self._ver,
@@ -509,12 +521,21 @@ class GraphStore:
 
         Raises DeltaError and changes nothing when the delta cannot be applied.
         """
-        with self._write_lock, _Switch(self.switch_interval):
-            self._idle.clear()
-            try:
-                return self._apply(delta, revision)
-            finally:
-                self._idle.set()
+        with self._write_lock, _Switch(self.switch_interval), self._writing():
+            return self._apply(delta, revision)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the turn for a delta or a load: a background compaction finishes its current
+        step, then sleeps until this is done."""
+        self._idle.clear()  # first: a compaction's next step then waits, not races for the turn
+        try:
+            if self._starved:
+                self._handoff.wait(_GIVE_WAY)
+            with self._turn:
+                yield
+        finally:
+            self._idle.set()
 
     def _apply(self, delta: Delta, revision: int | None) -> Snapshot:
         """`apply` under the write lock."""
@@ -556,8 +577,8 @@ class GraphStore:
         self._ov_size += f_size + r_size
         _link(cur.f_ov, f_refs, cur.r_ov, r_refs)
         if self._dirty is not None:
-            self._dirty[0].update(map(itemgetter(0), f_refs))
-            self._dirty[1].update(map(itemgetter(0), r_refs))
+            self._dirty[0].extend(map(itemgetter(0), f_refs))
+            self._dirty[1].extend(map(itemgetter(0), r_refs))
         count = cur.count + delta_count
         snap = Snapshot(
             it,
@@ -568,10 +589,7 @@ class GraphStore:
             ver,
         )
         self._publish(snap)
-        limit = max(
-            self.min_compaction,
-            min(_MAX_OVERLAY, int((cur.nf + cur.nr) * self.compaction_ratio)),
-        )
+        limit = self._overlay_limit(cur.nf, cur.nr)
         big = self._ov_size > max(1 << 20, (len(cur.f_dat) + len(cur.r_dat)) >> 3)
         if (big or len(cur.f_ov) + len(cur.r_ov) > limit) and not self._compacting:
             self._compacting = True
@@ -579,11 +597,15 @@ class GraphStore:
             if not self.background_compaction:
                 self._compact(snap, locked=True)
                 return self.current
-            self._dirty = (set(), set())
+            self._dirty = (array("q"), array("q"))
             threading.Thread(
                 target=self._compact, args=(snap,), name="gatehouse-compact", daemon=True
             ).start()
         return snap
+
+    def _overlay_limit(self, nf: int, nr: int) -> int:
+        """Overlay groups (both indexes) past which a delta starts a compaction."""
+        return max(self.min_compaction, min(_MAX_OVERLAY, int((nf + nr) * self.compaction_ratio)))
 
     def wait_compacted(self, timeout: float | None = None) -> bool:
         """Block until no compaction is running; False on timeout."""
@@ -595,9 +617,9 @@ class GraphStore:
             with _Switch(self.switch_interval):
                 n = len(self.interner.names)
                 try:
-                    with _no_overflow():
-                        # In the background, a step waits while a delta is applied: the
-                        # delta then shares the GIL with readers only, not with this too.
+                    with _no_overflow(), nullcontext() if locked else self._turn:
+                        # In the background, each step holds the turn and waits while a
+                        # delta is applied: readers share the GIL with one writer at most.
                         wait = None if locked else self._give_way
                         f_off, f_dat = _repack(snap.f_off, snap.f_dat, snap.overlay(True), n, wait)
                         r_off, r_dat = _repack(snap.r_off, snap.r_dat, snap.overlay(False), n, wait)
@@ -610,13 +632,24 @@ class GraphStore:
                         self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
         finally:
             self._dirty = None  # before a new compaction may start and set its own
+            self._starved = False
+            self._handoff.set()
             self._compacting = False
             self._compacted.set()
 
     def _give_way(self) -> None:
-        """Between two steps of a background compaction: sleep while a delta is being applied
-        (at most `_GIVE_WAY` seconds per step, so back-to-back deltas cannot starve it)."""
-        self._idle.wait(_GIVE_WAY)
+        """Between two steps of a background compaction (the caller holds the turn): hand the
+        turn to a delta being applied and sleep until it is done. After `_GIVE_WAY` seconds of
+        deltas back to back, the next delta waits for this step, so they cannot starve it."""
+        self._turn.release()
+        try:
+            if not self._idle.wait(_GIVE_WAY):
+                self._handoff.clear()
+                self._starved = True
+        finally:
+            self._turn.acquire()
+            self._starved = False
+            self._handoff.set()
 
     def _swap_base(
         self,
@@ -631,9 +664,10 @@ class GraphStore:
         # Groups changed after `snap` stay in a fresh overlay, newest version only: every
         # reader of the new snapshot is at least as new as all of them. The deltas since
         # recorded which (under this lock): the carry is what they changed, not the overlay.
-        f_dirty, r_dirty = self._dirty or (set(), set())
-        f_ov, f_ovl, f_size = _carry_steps(cur.f_ov, cur.f_ovl, f_dirty, snap.ver)
-        r_ov, r_ovl, r_size = _carry_steps(cur.r_ov, cur.r_ovl, r_dirty, snap.ver)
+        f_dirty, r_dirty = self._dirty or (array("q"), array("q"))
+        room = self._overlay_limit(len(f[0]) - 1, len(r[0]) - 1)
+        f_ov, f_ovl, f_size = _carry_steps(cur.f_ov, cur.f_ovl, f_dirty, snap.ver, room)
+        r_ov, r_ovl, r_size = _carry_steps(cur.r_ov, cur.r_ovl, r_dirty, snap.ver, room)
         self._ov_size = f_size + r_size
         self._publish(
             Snapshot(
@@ -856,18 +890,23 @@ def _link(
 
 
 def _carry_steps(
-    ov: dict[int, int], ovl: list[array[int]], oids: set[int], since: int
+    ov: dict[int, int], ovl: list[array[int]], todo: array[int], since: int, room: int
 ) -> tuple[dict[int, int], list[array[int]], int]:
-    """`_carry` of many groups in calls of at most `_CARRY_STEP` groups each: readers sharing the
-    GIL get it between two calls (the write lock, held throughout, keeps deltas out)."""
+    """`_carry` of many groups into a fresh overlay (its dict sized for `room` groups), in
+    calls of at most `_CARRY_STEP` oids each: readers sharing the GIL get it between two
+    calls (the write lock, held throughout, keeps deltas out)."""
     carry = _carry if _packer is None else _packer.carry
-    todo = list(oids)
-    step = _CARRY_STEP
-    new_ov, new_ovl, size = carry(ov, ovl, todo[:step], since, _CHUNK)
-    for i in range(step, len(todo), step):
-        _, _, n = carry(ov, ovl, todo[i : i + step], since, _CHUNK, new_ov, new_ovl)
+    new_ov, new_ovl, size = _presized(room), [array("q")], 0
+    for i in range(0, len(todo), _CARRY_STEP):
+        _, _, n = carry(ov, ovl, todo[i : i + _CARRY_STEP], since, _CHUNK, new_ov, new_ovl)
         size += n
     return new_ov, new_ovl, size
+
+
+def _presized(n: int) -> dict[int, int]:
+    """An empty overlay dict with room for `n` groups: it does not grow (rebuilding its
+    table, in fresh pages, in one call holding the GIL) before the next compaction."""
+    return {} if _packer is None else _packer.presized(n)
 
 
 def _carry(
@@ -881,11 +920,14 @@ def _carry(
 ) -> tuple[dict[int, int], list[array[int]], int]:
     """A fresh overlay holding the newest region of each group of `oids` changed after
     version `since` (as the only one: prev -1), or `new_ov`/`new_ovl` of an earlier call
-    filled further; `chunk` is `_CHUNK` (as `_packer.carry`)."""
+    filled further; an oid already there is skipped. `chunk` is `_CHUNK` (as
+    `_packer.carry`)."""
     if new_ov is None or new_ovl is None:
         new_ov, new_ovl = {}, [array("q")]
     size = 0
     for oid in oids:  # the caller holds the write lock: `ov` cannot change
+        if oid in new_ov:
+            continue
         v = ov[oid]
         c = ovl[v >> 32]
         s = v & OID_MASK
