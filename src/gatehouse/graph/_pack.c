@@ -393,56 +393,6 @@ done:
     return result;
 }
 
-/* shifted(dst, src, a, b, shift): dst.extend(x + shift for x in src[a:b]), for arrays of
- * 4-byte unsigned offsets ('I'). A compaction copies runs of the old base's offsets this
- * way: the same loop in Python (map(add, ...)) held the GIL ~1 ms per 16,384 offsets, this
- * ~20 µs. OverflowError, with dst unchanged, if a result leaves 0..2**32 - 1. */
-static PyObject *pack_shifted(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "shifted(dst, src, a, b, shift)");
-        return NULL;
-    }
-    Py_ssize_t a = PyLong_AsSsize_t(args[2]), b = PyLong_AsSsize_t(args[3]);
-    long long shift = PyLong_AsLongLong(args[4]);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_buffer sb;
-    if (PyObject_GetBuffer(args[1], &sb, PyBUF_FORMAT) < 0)
-        return NULL;
-    PyObject *out = NULL, *tmp = NULL;
-    if (sb.itemsize != 4 || !sb.format || strcmp(sb.format, "I") != 0) {
-        PyErr_SetString(PyExc_TypeError, "shifted: src must be an array('I')");
-        goto done;
-    }
-    Py_ssize_t n = sb.len / 4;
-    if (a < 0 || b < a || b > n) {
-        PyErr_SetString(PyExc_IndexError, "shifted: a..b out of range");
-        goto done;
-    }
-    if (!(tmp = PyBytes_FromStringAndSize(NULL, (b - a) * 4)))
-        goto done;
-    const uint32_t *src = (const uint32_t *)sb.buf + a;
-    uint32_t *d = (uint32_t *)PyBytes_AS_STRING(tmp);
-    for (Py_ssize_t i = 0; i < b - a; i++) {
-        long long v = (long long)src[i] + shift;
-        if (v < 0 || v > 0xffffffffLL) {
-            PyErr_SetString(PyExc_OverflowError, "shifted: an offset leaves 0..2**32 - 1");
-            goto done;
-        }
-        d[i] = (uint32_t)v;
-    }
-    PyObject *r = PyObject_CallMethod(args[0], "frombytes", "O", tmp);
-    if (!r)
-        goto done;
-    Py_DECREF(r);
-    out = Py_NewRef(Py_None);
-done:
-    Py_XDECREF(tmp);
-    PyBuffer_Release(&sb);
-    return out;
-}
-
 /* find(interner, name) -> oid or -1: Interner.oid without the interpreter's per-step cost */
 static PyObject *pack_find(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -454,6 +404,239 @@ static PyObject *pack_find(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     if (find_names(args[0], args + 1, 1, &oid) < 0)
         return NULL;
     return PyLong_FromLongLong(oid);
+}
+
+/* visible(ov, ovl, oids, ver) -> bytes of (oid, ref) int64 pairs: for each of `oids`, the
+ * newest region of its group (ref into the chunks `ovl`, through `ov`) not newer than
+ * version `ver`, if any: what a snapshot at `ver` reads from the overlay instead of the
+ * base. One step of a compaction: the caller passes a slice of the overlay's keys. */
+static PyObject *pack_visible(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "visible(ov: dict, ovl: list, oids, ver)");
+        return NULL;
+    }
+    long long ver = PyLong_AsLongLong(args[3]);
+    if (ver == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *it = PyObject_GetIter(args[2]), *oid, *out = NULL;
+    if (!it)
+        return NULL;
+    Vec v = {0};
+    while ((oid = PyIter_Next(it))) {
+        long long o = PyLong_AsLongLong(oid);
+        PyObject *ref = o == -1 && PyErr_Occurred() ? NULL : PyDict_GetItemWithError(args[0], oid);
+        Py_DECREF(oid);
+        long long r = ref ? PyLong_AsLongLong(ref) : -1;
+        if (!ref || (r == -1 && PyErr_Occurred())) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_KeyError, "visible: an oid not in the overlay");
+            goto done;
+        }
+        while (r >= 0) {
+            Py_buffer b;
+            const int64_t *reg;
+            if (open_region(args[1], r, &b, &reg) < 0)
+                goto done;
+            long long rv = reg[0], prev = reg[1];
+            PyBuffer_Release(&b);
+            if (rv <= ver) {
+                if (vec_push(&v, o) < 0 || vec_push(&v, r) < 0)
+                    goto done;
+                break;
+            }
+            r = prev;
+        }
+    }
+    if (!PyErr_Occurred())
+        out = PyBytes_FromStringAndSize((const char *)v.v, v.n * 8);
+done:
+    Py_DECREF(it);
+    PyMem_Free(v.v);
+    return out;
+}
+
+/* sort_pairs(pairs: array('q')): sorts its (oid, ref) pairs by oid, in place, with the GIL
+ * released (a compaction's overlay holds up to ~10^5 groups: milliseconds of sorting that
+ * readers need not wait for). The caller owns `pairs`: nothing else may touch it meanwhile. */
+static PyObject *pack_sort_pairs(PyObject *mod, PyObject *arg)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (b.len % 16) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "sort_pairs: not a whole number of pairs");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    qsort(b.buf, (size_t)(b.len / 16), 16, cmp_pair);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    Py_RETURN_NONE;
+}
+
+/* merge(new_off, new_dat, off, dat, n, ovl, pairs, i, pos, budget) -> (i, pos): one step of
+ * a compaction's repack. Objects pos, pos + 1, ... are appended to new_off ('I') and
+ * new_dat ('q'): an object with a pair (pairs[i], its ref; pairs sorted by oid) gets its
+ * overlay region, any other its base group (off/dat; empty past the base's objects). Stops
+ * once all n objects are written or about `budget` entries and objects have been (a base
+ * run is cut to fit, a region is not), and returns where to go on. OverflowError, with
+ * nothing appended, if an offset would pass 2**32 - 1. */
+static PyObject *pack_merge(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10 || !PyList_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "merge(new_off, new_dat, off, dat, n, ovl: list, pairs, i, pos, budget)");
+        return NULL;
+    }
+    long long n = PyLong_AsLongLong(args[4]);
+    Py_ssize_t i = PyLong_AsSsize_t(args[7]), budget = PyLong_AsSsize_t(args[9]);
+    long long pos = PyLong_AsLongLong(args[8]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t have = PyObject_Size(args[1]); /* entries already in new_dat */
+    if (have < 0)
+        return NULL;
+    Py_buffer ob = {0}, db = {0}, pb = {0};
+    PyObject *result = NULL;
+    Vec ents = {0};
+    uint32_t *offs = NULL;
+    Py_ssize_t no = 0, cap = 0;
+    if (PyObject_GetBuffer(args[2], &ob, PyBUF_FORMAT) < 0)
+        goto done;
+    if (PyObject_GetBuffer(args[3], &db, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (PyObject_GetBuffer(args[6], &pb, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (ob.itemsize != 4 || !ob.format || strcmp(ob.format, "I") != 0 || db.len % 8 ||
+        pb.len % 16) {
+        PyErr_SetString(PyExc_TypeError, "merge: off must be array('I'), dat and pairs 'q'");
+        goto done;
+    }
+    const uint32_t *off = ob.buf;
+    const int64_t *dat = db.buf, *pairs = pb.buf;
+    long long nb = ob.len / 4 - 1, nd = db.len / 8;
+    Py_ssize_t np = pb.len / 16;
+    if (nb < 0 || i < 0 || i > np || pos < 0 || pos > n || budget < 1) {
+        PyErr_SetString(PyExc_ValueError, "merge: bad arguments");
+        goto done;
+    }
+    Py_ssize_t work = 0;
+    while (pos < n && work < budget) {
+        long long next = i < np ? pairs[2 * i] : n;
+        if (i < np && (next < pos || next >= n)) {
+            PyErr_SetString(PyExc_ValueError, "merge: pairs unsorted or past n");
+            goto done;
+        }
+        long long stop = 0; /* objects pos..stop-1 go now */
+        const int64_t *src = NULL; /* a base run's entries */
+        Py_ssize_t ns = 0, copied = 0;
+        if (pos < next) {
+            stop = next;
+            if (pos < nb) { /* base groups, cut so their entries fit the budget */
+                if (stop > nb)
+                    stop = nb;
+                long long lim = (long long)off[pos] + (budget - work);
+                if ((long long)off[stop] > lim) {
+                    long long lo = pos + 1, hi = stop; /* first object ending past lim */
+                    while (lo < hi) {
+                        long long mid = lo + (hi - lo) / 2;
+                        if ((long long)off[mid] > lim)
+                            hi = mid;
+                        else
+                            lo = mid + 1;
+                    }
+                    stop = lo > pos + 1 ? lo - 1 : pos + 1;
+                }
+                if (off[pos] > off[stop] || off[stop] > nd) {
+                    PyErr_SetString(PyExc_IndexError, "merge: offsets past the entries");
+                    goto done;
+                }
+                src = dat + off[pos];
+                ns = (Py_ssize_t)(off[stop] - off[pos]);
+            } else if (stop - pos > budget - work) {
+                stop = pos + (budget - work); /* empty groups of objects past the base */
+            }
+        } else { /* pos == next: its overlay region */
+            Py_buffer rb;
+            const int64_t *reg;
+            if (open_region(args[5], pairs[2 * i + 1], &rb, &reg) < 0)
+                goto done;
+            copied = (Py_ssize_t)reg[2];
+            int bad = vec_extend(&ents, reg + 3, copied);
+            PyBuffer_Release(&rb);
+            if (bad < 0)
+                goto done;
+            stop = pos + 1;
+            i++;
+        }
+        if (src) {
+            if (vec_extend(&ents, src, ns) < 0)
+                goto done;
+            copied = ns;
+        }
+        Py_ssize_t add = (Py_ssize_t)(stop - pos);
+        if (no + add > cap) {
+            Py_ssize_t ncap = cap ? cap : 1024;
+            while (ncap < no + add)
+                ncap *= 2;
+            uint32_t *t = PyMem_Realloc(offs, (size_t)ncap * 4);
+            if (!t) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            offs = t, cap = ncap;
+        }
+        if (src) { /* the base run's offsets, shifted to where its entries land */
+            long long shift = (long long)have + (long long)ents.n - ns - (long long)off[pos];
+            for (long long o = pos + 1; o <= stop; o++) {
+                long long v = (long long)off[o] + shift;
+                if (v > 0xffffffffLL)
+                    goto overflow;
+                offs[no++] = (uint32_t)v;
+            }
+        } else {
+            long long v = (long long)have + (long long)ents.n;
+            if (v > 0xffffffffLL)
+                goto overflow;
+            for (long long o = pos; o < stop; o++)
+                offs[no++] = (uint32_t)v;
+        }
+        work += add + copied;
+        pos = stop;
+    }
+    if (pos >= n && i < np) { /* pairs left over: out of order, or repeated */
+        PyErr_SetString(PyExc_ValueError, "merge: pairs unsorted or past n");
+        goto done;
+    }
+    if (ents.n) {
+        PyObject *r = PyObject_CallMethod(args[1], "frombytes", "y#", (const char *)ents.v,
+                                          ents.n * 8);
+        if (!r)
+            goto done;
+        Py_DECREF(r);
+    }
+    if (no) {
+        PyObject *r = PyObject_CallMethod(args[0], "frombytes", "y#", (const char *)offs, no * 4);
+        if (!r)
+            goto done; /* new_dat grew: the caller drops both on error */
+        Py_DECREF(r);
+    }
+    result = Py_BuildValue("(nL)", i, pos);
+    goto done;
+overflow:
+    PyErr_SetString(PyExc_OverflowError, "merge: an offset passes 2**32 - 1");
+done:
+    PyMem_Free(ents.v);
+    PyMem_Free(offs);
+    if (ob.obj)
+        PyBuffer_Release(&ob);
+    if (db.obj)
+        PyBuffer_Release(&db);
+    if (pb.obj)
+        PyBuffer_Release(&pb);
+    return result;
 }
 
 /* presized(n) -> an empty dict with room for n entries. An overlay dict that grows by
@@ -599,10 +782,14 @@ static PyMethodDef pack_methods[] = {
      " -> (refs, entries, net, next)"},
     {"find", (PyCFunction)(void (*)(void))pack_find, METH_FASTCALL,
      "find(interner, name) -> the oid of name, or -1"},
-    {"shifted", (PyCFunction)(void (*)(void))pack_shifted, METH_FASTCALL,
-     "shifted(dst, src, a, b, shift): dst.extend(x + shift for x in src[a:b]), arrays of 'I'"},
     {"carry", (PyCFunction)(void (*)(void))pack_carry, METH_FASTCALL,
      "carry(ov, ovl, oids, since, chunk[, new_ov, new_ovl]) -> (new_ov, new_ovl, entries)"},
+    {"visible", (PyCFunction)(void (*)(void))pack_visible, METH_FASTCALL,
+     "visible(ov, ovl, oids, ver) -> bytes of (oid, ref) pairs a snapshot at ver reads"},
+    {"sort_pairs", (PyCFunction)pack_sort_pairs, METH_O,
+     "sort_pairs(pairs: array('q')): sort its (oid, ref) pairs by oid, GIL released"},
+    {"merge", (PyCFunction)(void (*)(void))pack_merge, METH_FASTCALL,
+     "merge(new_off, new_dat, off, dat, n, ovl, pairs, i, pos, budget) -> (i, pos)"},
     {"presized", (PyCFunction)pack_presized, METH_O,
      "presized(n) -> an empty dict with room for n entries"},
     {"edits", (PyCFunction)pack_edits, METH_O,

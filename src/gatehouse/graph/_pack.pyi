@@ -33,5 +33,19 @@ def carry(
     new_ovl: list[Any] | None = None,
     /,
 ) -> tuple[dict[int, int], list[Any], int]: ...
-def shifted(dst: Any, src: Any, a: int, b: int, shift: int, /) -> None: ...
 def presized(n: int, /) -> dict[int, int]: ...
+def visible(ov: dict[int, int], ovl: list[Any], oids: Iterable[int], ver: int, /) -> bytes: ...
+def sort_pairs(pairs: Any, /) -> None: ...
+def merge(
+    new_off: Any,
+    new_dat: Any,
+    off: Any,
+    dat: Any,
+    n: int,
+    ovl: list[Any],
+    pairs: Any,
+    i: int,
+    pos: int,
+    budget: int,
+    /,
+) -> tuple[int, int]: ...

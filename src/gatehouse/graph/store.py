@@ -68,9 +68,11 @@ _EMPTY: array[int] = array("q")
 _Index: TypeAlias = tuple[
     "array[int]", "array[int]", "dict[int, int]", "list[array[int]]"
 ]  # offsets, entries, overlay refs, overlay chunks
-_CHUNK = 1 << 16  # overlay entries per chunk array (bounds each append's realloc copy)
+_CHUNK = 1 << 15  # overlay entries per chunk array (bounds each append's realloc copy)
 _STEP = 128  # edits per C call of a delta's writes (each call holds the GIL throughout)
 _GIVE_WAY = 0.05  # longest a background compaction step waits for a delta being applied
+_REAP_STEP = 1 << 17  # entries freed per step of a replaced base (~1 MB, ~0.1 ms to unmap)
+_REAP_WAIT = 30.0  # longest a compaction waits for readers to drop the replaced base
 _FE_BITS = 56  # forward and reverse entries fit in 56 bits (see the layout above)
 _FE_MASK = (1 << _FE_BITS) - 1
 if _packer is not None and _packer.LAYOUT != (REL_BITS, F_REL, R_REL, _FE_BITS):
@@ -78,10 +80,13 @@ if _packer is not None and _packer.LAYOUT != (REL_BITS, F_REL, R_REL, _FE_BITS):
 _LITTLE = sys.byteorder == "little" and array("I").itemsize == 4
 _OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
 _RUN = 1 << 14  # entries or objects per C call while repacking (bounds GIL hold time)
+_VISIBLE_STEP = 1 << 10  # overlay keys per C call finding what a snapshot reads (~0.2 ms)
 _CARRY_STEP = 1 << 9  # groups per C call of a compaction's carry (2,048 took ~1.8 ms at 10^6)
-# Overlay groups that trigger a compaction at most: the steps over the overlay's keys that
-# are single C calls (copying the key list) stay well under a millisecond.
-_MAX_OVERLAY = 1 << 16
+# Overlay groups (both indexes) that trigger a compaction at most. Each overlay dict is
+# presized for 2/3 of the limit: 2^15 groups make 2^15-slot tables (~650 KB), which are
+# allocated, zeroed and later freed in one call each; fresh pages cost ~0.9 ms per MB here,
+# so twice that size held readers ~2 ms at each compaction.
+_MAX_OVERLAY = 1 << 15
 
 
 class DeltaError(ValueError):
@@ -466,6 +471,7 @@ class GraphStore:
         self._dirty: tuple[array[int], array[int]] | None = None
         self._compacted = threading.Event()
         self._compacted.set()
+        self.compactions = 0  # new packed bases published
         self._ver = 0  # last overlay version handed out (never reused, even on failure)
         self._ov_size = 0  # overlay entries appended since the current base was packed
         self.current = Snapshot(self.interner, _empty_index(), _empty_index(), 0, 0)
@@ -599,7 +605,7 @@ class GraphStore:
                 return self.current
             self._dirty = (array("q"), array("q"))
             threading.Thread(
-                target=self._compact, args=(snap,), name="gatehouse-compact", daemon=True
+                target=self._background, args=([snap],), name="gatehouse-compact", daemon=True
             ).start()
         return snap
 
@@ -611,8 +617,42 @@ class GraphStore:
         """Block until no compaction is running; False on timeout."""
         return self._compacted.wait(timeout)
 
-    def _compact(self, snap: Snapshot, locked: bool = False) -> None:
-        """Fold `snap`'s overlay into a new packed base and publish it over `current`."""
+    def _background(self, box: list[Snapshot]) -> None:
+        """A background compaction's thread: compact, then free the replaced base. `box`
+        holds the snapshot so that no frame of this thread keeps it (and its base) alive."""
+        old = self._compact(box.pop())
+        self._reap(old)
+
+    def _reap(self, old: list[array[int]]) -> None:
+        """Free the replaced base's arrays a slice at a time, each slice holding the turn.
+
+        Freed whole, an array is unmapped in one call with the GIL held: ~0.09 ms per MB
+        here, ~7 ms for one array at 10^7 tuples. It waits (up to `_REAP_WAIT` seconds)
+        until `old` holds the last reference to each array: snapshots read by readers keep
+        theirs, and an array that is still read is never cut. Past that it lets go, and the
+        last holder frees the rest whole."""
+        deadline = time.monotonic() + _REAP_WAIT
+        try:
+            while old and time.monotonic() < deadline:
+                # the list's reference and getrefcount's argument: no snapshot holds it
+                free = [k for k in range(len(old)) if sys.getrefcount(old[k]) <= 2]
+                if not free:
+                    time.sleep(0.01)
+                    continue
+                arr = old.pop(free[0])
+                with _Switch(self.switch_interval):
+                    while len(arr) > _REAP_STEP:
+                        self._idle.wait(_GIVE_WAY)
+                        with self._turn:
+                            del arr[-_REAP_STEP:]  # realloc to smaller: unmaps the tail
+                    del arr
+        finally:
+            old.clear()
+
+    def _compact(self, snap: Snapshot, locked: bool = False) -> list[array[int]]:
+        """Fold `snap`'s overlay into a new packed base and publish it over `current`; the
+        replaced base's arrays (none if nothing was published)."""
+        old: list[array[int]] = []
         try:
             with _Switch(self.switch_interval):
                 n = len(self.interner.names)
@@ -621,15 +661,17 @@ class GraphStore:
                         # In the background, each step holds the turn and waits while a
                         # delta is applied: readers share the GIL with one writer at most.
                         wait = None if locked else self._give_way
-                        f_off, f_dat = _repack(snap.f_off, snap.f_dat, snap.overlay(True), n, wait)
-                        r_off, r_dat = _repack(snap.r_off, snap.r_dat, snap.overlay(False), n, wait)
+                        f_off, f_dat = _repack(snap, True, n, wait)
+                        r_off, r_dat = _repack(snap, False, n, wait)
                 except DeltaError:
-                    return  # too big for 4-byte offsets: keep serving from the overlay
+                    return old  # too big for 4-byte offsets: keep serving from the overlay
                 if locked:
                     self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
                 else:
                     with self._write_lock:
-                        self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
+                        if self._swap_base(snap, (f_off, f_dat), (r_off, r_dat)):
+                            old = [snap.f_dat, snap.r_dat, snap.f_off, snap.r_off]
+                return old
         finally:
             self._dirty = None  # before a new compaction may start and set its own
             self._starved = False
@@ -656,11 +698,12 @@ class GraphStore:
         snap: Snapshot,
         f: tuple[array[int], array[int]],
         r: tuple[array[int], array[int]],
-    ) -> None:
-        """Publish the packed `f`/`r` (built from `snap`) as the base of `current`."""
+    ) -> bool:
+        """Publish the packed `f`/`r` (built from `snap`) as the base of `current`; False if
+        a load replaced the graph meanwhile (this base is stale, and is dropped)."""
         cur = self.current
         if cur.f_ov is not snap.f_ov or cur.r_ov is not snap.r_ov:
-            return  # a load replaced the graph meanwhile: this base is stale
+            return False
         # Groups changed after `snap` stay in a fresh overlay, newest version only: every
         # reader of the new snapshot is at least as new as all of them. The deltas since
         # recorded which (under this lock): the carry is what they changed, not the overlay.
@@ -679,6 +722,8 @@ class GraphStore:
                 cur.ver,
             )
         )
+        self.compactions += 1
+        return True
 
 
 class _Switch:
@@ -903,10 +948,11 @@ def _carry_steps(
     return new_ov, new_ovl, size
 
 
-def _presized(n: int) -> dict[int, int]:
-    """An empty overlay dict with room for `n` groups: it does not grow (rebuilding its
-    table, in fresh pages, in one call holding the GIL) before the next compaction."""
-    return {} if _packer is None else _packer.presized(n)
+def _presized(limit: int) -> dict[int, int]:
+    """An empty overlay dict with room for 2/3 of `limit` groups (one index's share, with
+    margin, of an overlay that compacts at `limit`): it seldom grows (rebuilding its table,
+    in fresh pages, in one call holding the GIL) before the next compaction."""
+    return {} if _packer is None else _packer.presized(limit * 2 // 3)
 
 
 def _carry(
@@ -1042,17 +1088,53 @@ def _pack(groups: dict[int, array[int]], n: int) -> tuple[array[int], array[int]
 
 
 def _repack(
+    snap: Snapshot, forward: bool, n: int, wait: Callable[[], None] | None = None
+) -> tuple[array[int], array[int]]:
+    """A new packed base for one index of `snap`: its base with its overlay's groups folded
+    in, for n oids. It runs beside readers, so no step is one long call holding the GIL:
+    `wait` (if any) runs between steps.
+
+    In C: the overlay groups `snap` reads, as (oid, ref) pairs found a slice of keys at a
+    time and sorted with the GIL released, then `_packer.merge` writes the new arrays in
+    steps of about `_RUN` entries and objects (base runs and regions copied as they are)."""
+    if forward:
+        off, dat, ov, ovl = snap.f_off, snap.f_dat, snap.f_ov, snap.f_ovl
+    else:
+        off, dat, ov, ovl = snap.r_off, snap.r_dat, snap.r_ov, snap.r_ovl
+    if _packer is None or off.typecode != "I":
+        return _repack_py(off, dat, snap.overlay(forward), n, wait)
+    # Deltas between two steps only add keys and regions (and never to a key listed here
+    # a region the snapshot reads), so the pairs stay what `snap` reads.
+    keys = list(ov)
+    pairs = array("q")
+    for i in range(0, len(keys), _VISIBLE_STEP):
+        if wait is not None:
+            wait()
+        pairs.frombytes(_packer.visible(ov, ovl, keys[i : i + _VISIBLE_STEP], snap.ver))
+    del keys
+    _packer.sort_pairs(pairs)
+    new_off = array(_OFF, [0])
+    new_dat = array("q")
+    i = pos = 0
+    while pos < n:
+        if wait is not None:
+            wait()
+        i, pos = _packer.merge(new_off, new_dat, off, dat, n, ovl, pairs, i, pos, _RUN)
+    return new_off, new_dat
+
+
+def _repack_py(
     off: array[int],
     dat: array[int],
     ov: dict[int, tuple[array[int], int, int]],
     n: int,
     wait: Callable[[], None] | None = None,
 ) -> tuple[array[int], array[int]]:
-    """A new packed base: `off`/`dat` with the overlay's groups folded in, for n oids.
+    """`_repack` without the C module: `off`/`dat` with the overlay's groups `ov` folded in.
 
-    It runs beside readers, so no step is one long C call: unchanged runs of objects are
-    copied by slices of at most `_RUN` objects and entries, and the overlay's objects are
-    visited in order through a byte map (searched by `find`) instead of sorting its keys.
+    Unchanged runs of objects are copied by slices of at most `_RUN` objects and entries,
+    and the overlay's objects are visited in order through a byte map (searched by `find`)
+    instead of sorting its keys.
     """
     nb = len(off) - 1
     new_off = array(_OFF, [0])
@@ -1068,10 +1150,7 @@ def _repack(
                 c = min(c, max(a + 1, bisect_left(off, off[a] + _RUN, a + 1, c + 1) - 1))
             shift = len(new_dat) - off[a]
             new_dat.extend(dat[off[a] : off[c]])
-            if _packer is not None and new_off.typecode == off.typecode == "I":
-                _packer.shifted(new_off, off, a + 1, c + 1, shift)
-            else:
-                new_off.extend(map(add, off[a + 1 : c + 1], repeat(shift)))
+            new_off.extend(map(add, off[a + 1 : c + 1], repeat(shift)))
             a = c
 
     def pad(upto: int) -> None:

@@ -89,14 +89,17 @@ def freeze_heap_once() -> bool:
     return True
 
 
-def map_large_allocations(threshold: int = 1 << 20) -> bool:
+def map_large_allocations(threshold: int = 1 << 20, keep: int = 1 << 28) -> bool:
     """Ask glibc's malloc to serve every allocation of `threshold` bytes or more with its own
-    mapping (`mallopt(M_MMAP_THRESHOLD)`); return whether it took effect.
+    mapping (`mallopt(M_MMAP_THRESHOLD)`), and to keep up to `keep` bytes of freed heap
+    memory instead of returning it (`M_TRIM_THRESHOLD`); return whether both took effect.
 
     The graph's packed arrays grow by `realloc`. By default glibc raises its mmap threshold
     as large blocks are freed (up to 32 MiB), so arrays of a few MiB end up on the heap, and
     growing one copies it whole in one C call with the GIL held: milliseconds in which no RPC
-    runs. A mapped block grows by `mremap`, which moves pages instead of bytes. A no-op off
+    runs. A mapped block grows by `mremap`, which moves pages instead of bytes. Smaller blocks
+    (overlay chunks and dict tables, rebuilt at every compaction) then reuse heap pages
+    already mapped: a fresh page costs ~2 us to fault in here, with the GIL held. A no-op off
     glibc.
     """
     try:
@@ -104,9 +107,10 @@ def map_large_allocations(threshold: int = 1 << 20) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, keep))
 
 
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
