@@ -807,27 +807,52 @@ def test_c_repack_matches_the_python_one(
 
 
 def test_c_merge_rejects_bad_input() -> None:
-    """The merge step refuses pairs out of order or past n, and offsets past the entries,
-    appending nothing."""
+    """The merge step refuses pairs out of order or past n, new arrays of the wrong sizes,
+    and offsets past the entries."""
     from array import array
 
     assert store_mod._packer is not None
     merge = store_mod._packer.merge
     off, dat = array("I", [0, 1]), array("q", [5])
     ovl = [array("q", [1, -1, 1, 9])]
+
+    def fresh(n: int, entries: int) -> tuple[array[int], array[int]]:
+        return array("I", [0]) * (n + 1), array("q", [0]) * entries
+
     for pairs in (array("q", [3, 0]), array("q", [1, 0, 0, 0])):
-        new_off, new_dat = array("I", [0]), array("q")
         with pytest.raises(ValueError):
-            merge(new_off, new_dat, off, dat, 2, ovl, pairs, 0, 0, 100)
-    new_off, new_dat = array("I", [0]), array("q")
+            merge(*fresh(2, 2), off, dat, 2, ovl, pairs, 0, 0, 100)
+    new_off, new_dat = fresh(3, 2)
     assert merge(new_off, new_dat, off, dat, 3, ovl, array("q", [1, 0]), 0, 0, 100) == (1, 3)
     assert (list(new_off), list(new_dat)) == ([0, 1, 2, 2], [5, 9])
-    new_off, new_dat = array("I", [0]), array("q")
+    with pytest.raises(IndexError):  # new_dat too short
+        merge(*fresh(3, 1), off, dat, 3, ovl, array("q", [1, 0]), 0, 0, 100)
+    with pytest.raises(ValueError):  # new_off not n + 1 long
+        merge(*fresh(2, 2), off, dat, 3, ovl, array("q", [1, 0]), 0, 0, 100)
     with pytest.raises(IndexError):  # offsets past the entries
-        merge(new_off, new_dat, array("I", [0, 9]), dat, 1, ovl, array("q"), 0, 0, 100)
-    assert (list(new_off), list(new_dat)) == ([0], [])
+        merge(*fresh(1, 9), array("I", [0, 9]), dat, 1, ovl, array("q"), 0, 0, 100)
     with pytest.raises(TypeError):
-        merge(new_off, new_dat, array("q", [0]), dat, 1, ovl, array("q"), 0, 0, 1)
+        merge(*fresh(1, 1), array("q", [0, 1]), dat, 1, ovl, array("q"), 0, 0, 1)
+
+
+def test_sized_arrays_are_real_arrays_of_the_size_asked() -> None:
+    """`sized` makes an array of the template's type and typecode, n items long, that
+    behaves as any other once written (it is the new base of every compaction)."""
+    from array import array
+
+    assert store_mod._packer is not None and store_mod._packer.ARRAYS_SIZED
+    sized = store_mod._packer.sized
+    for code, n in (("q", 0), ("q", 5), ("I", 3), ("I", 1 << 18)):
+        a = sized(array(code), n)
+        assert type(a) is array and a.typecode == code and len(a) == n
+        a[:] = array(code, range(n))
+        assert a == array(code, range(n))
+        a.extend(array(code, [7]))  # grows and shrinks as usual
+        assert a[-1] == 7 and len(a) == n + 1
+        del a[: n // 2]
+        assert len(a) == n + 1 - n // 2
+    with pytest.raises(ValueError):
+        sized(array("q"), -1)
 
 
 def test_a_replaced_base_is_freed_in_slices_once_no_snapshot_reads_it(

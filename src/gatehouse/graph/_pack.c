@@ -406,10 +406,11 @@ static PyObject *pack_find(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromLongLong(oid);
 }
 
-/* visible(ov, ovl, oids, ver) -> bytes of (oid, ref) int64 pairs: for each of `oids`, the
- * newest region of its group (ref into the chunks `ovl`, through `ov`) not newer than
- * version `ver`, if any: what a snapshot at `ver` reads from the overlay instead of the
- * base. One step of a compaction: the caller passes a slice of the overlay's keys. */
+/* visible(ov, ovl, oids, ver) -> (bytes of (oid, ref) int64 pairs, entries): for each of
+ * `oids`, the newest region of its group (ref into the chunks `ovl`, through `ov`) not
+ * newer than version `ver`, if any: what a snapshot at `ver` reads from the overlay instead
+ * of the base; and the entries of those regions. One step of a compaction: the caller
+ * passes a slice of the overlay's keys. */
 static PyObject *pack_visible(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4 || !PyDict_Check(args[0]) || !PyList_Check(args[1])) {
@@ -423,6 +424,7 @@ static PyObject *pack_visible(PyObject *mod, PyObject *const *args, Py_ssize_t n
     if (!it)
         return NULL;
     Vec v = {0};
+    long long entries = 0;
     while ((oid = PyIter_Next(it))) {
         long long o = PyLong_AsLongLong(oid);
         PyObject *ref = o == -1 && PyErr_Occurred() ? NULL : PyDict_GetItemWithError(args[0], oid);
@@ -438,18 +440,19 @@ static PyObject *pack_visible(PyObject *mod, PyObject *const *args, Py_ssize_t n
             const int64_t *reg;
             if (open_region(args[1], r, &b, &reg) < 0)
                 goto done;
-            long long rv = reg[0], prev = reg[1];
+            long long rv = reg[0], prev = reg[1], k = reg[2];
             PyBuffer_Release(&b);
             if (rv <= ver) {
                 if (vec_push(&v, o) < 0 || vec_push(&v, r) < 0)
                     goto done;
+                entries += k;
                 break;
             }
             r = prev;
         }
     }
     if (!PyErr_Occurred())
-        out = PyBytes_FromStringAndSize((const char *)v.v, v.n * 8);
+        out = Py_BuildValue("(y#L)", v.v ? (const char *)v.v : "", v.n * 8, entries);
 done:
     Py_DECREF(it);
     PyMem_Free(v.v);
@@ -476,13 +479,163 @@ static PyObject *pack_sort_pairs(PyObject *mod, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* The fields of an array.array object (Modules/arraymodule.c), which has no C API. Only
+ * `sized` writes them, and only after the import-time check below found this layout in a
+ * live array (ARRAYS_SIZED); otherwise it refuses, and the store repacks in Python. */
+typedef struct {
+    PyObject_VAR_HEAD
+    char *ob_item;
+    Py_ssize_t allocated;
+    const void *ob_descr;
+    PyObject *weakreflist;
+    Py_ssize_t ob_exports;
+} ArrayFields;
+
+static int arrays_sized; /* array_layout_matches() at import */
+
+static int array_layout_matches(void)
+{
+    PyObject *mod = PyImport_ImportModule("array"), *a = NULL;
+    int ok = 0;
+    if (mod)
+        a = PyObject_CallMethod(mod, "array", "sy#", "q", "\1\0\0\0\0\0\0\0\2\0\0\0\0\0\0\0\3\0\0\0\0\0\0\0",
+                                (Py_ssize_t)24);
+    if (a && Py_TYPE(a)->tp_basicsize == (Py_ssize_t)sizeof(ArrayFields)) {
+        ArrayFields *x = (ArrayFields *)a;
+        Py_buffer b;
+        if (PyObject_GetBuffer(a, &b, PyBUF_SIMPLE) == 0) {
+            ok = Py_SIZE(a) == 3 && x->ob_item == b.buf && x->allocated >= 3 &&
+                 x->ob_exports == 1 && x->weakreflist == NULL;
+            PyBuffer_Release(&b);
+            ok = ok && x->ob_exports == 0;
+        }
+    }
+    Py_XDECREF(a);
+    Py_XDECREF(mod);
+    PyErr_Clear();
+    return ok;
+}
+
+/* sized(template, n) -> an array of the template's type and typecode holding n items, not
+ * initialised. Its memory is allocated but not touched: a large one is fresh pages, faulted
+ * in as they are first written (~2 us each here), so a caller filling it in steps pays for
+ * its pages a step at a time, and never for growing (realloc) a large array. */
+static PyObject *pack_sized(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "sized(template: array, n)");
+        return NULL;
+    }
+    if (!arrays_sized) {
+        PyErr_SetString(PyExc_TypeError, "sized: array objects are not laid out as expected");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_FORMAT) < 0)
+        return NULL;
+    Py_ssize_t item = b.itemsize;
+    PyObject *tc = b.format ? PyUnicode_FromString(b.format) : NULL;
+    PyBuffer_Release(&b);
+    if (!tc)
+        return NULL;
+    if (n < 0 || (item && n > PY_SSIZE_T_MAX / item)) {
+        Py_DECREF(tc);
+        PyErr_SetString(PyExc_ValueError, "sized: bad size");
+        return NULL;
+    }
+    PyObject *a = PyObject_CallOneArg((PyObject *)Py_TYPE(args[0]), tc);
+    Py_DECREF(tc);
+    if (!a)
+        return NULL;
+    ArrayFields *x = (ArrayFields *)a;
+    if (Py_SIZE(a) != 0 || x->ob_item != NULL) {
+        Py_DECREF(a);
+        PyErr_SetString(PyExc_TypeError, "sized: not an array type");
+        return NULL;
+    }
+    if (n) {
+        char *mem = PyMem_Malloc((size_t)(n * item));
+        if (!mem) {
+            Py_DECREF(a);
+            return PyErr_NoMemory();
+        }
+        x->ob_item = mem;
+        x->allocated = n;
+        Py_SET_SIZE(a, n);
+    }
+    return a;
+}
+
+/* kept(off, n, pairs) -> the base's entries (off: 'I' offsets) outside the groups of the
+ * paired objects, which `merge` replaces by their regions. Pairs past the base replace
+ * nothing; an oid past n is an error. */
+static PyObject *pack_kept(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "kept(off, n, pairs)");
+        return NULL;
+    }
+    long long n = PyLong_AsLongLong(args[1]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer ob, pb;
+    if (PyObject_GetBuffer(args[0], &ob, PyBUF_FORMAT) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[2], &pb, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&ob);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    const uint32_t *off = ob.buf;
+    const int64_t *pairs = pb.buf;
+    long long nb = ob.len / 4 - 1;
+    if (ob.itemsize != 4 || !ob.format || strcmp(ob.format, "I") != 0 || nb < 0 || pb.len % 16) {
+        PyErr_SetString(PyExc_TypeError, "kept: off must be an array('I'), pairs 'q' pairs");
+        goto done;
+    }
+    long long total = off[nb];
+    for (Py_ssize_t k = 0; k < pb.len / 16; k++) {
+        long long o = pairs[2 * k];
+        if (o < 0 || o >= n) {
+            PyErr_SetString(PyExc_ValueError, "kept: an oid past n");
+            goto done;
+        }
+        if (o < nb)
+            total -= (long long)off[o + 1] - (long long)off[o];
+    }
+    out = PyLong_FromLongLong(total);
+done:
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&pb);
+    return out;
+}
+
+/* One copy a merge step plans with the GIL held and runs without it: objects a..b-1 get
+ * `n` entries from `src` (a base run, whose offsets come from `off`; or one region), or
+ * none (objects past the base). */
+typedef struct {
+    const int64_t *src;
+    Py_ssize_t n;
+    long long a, b;
+    int base;
+} Copy;
+
 /* merge(new_off, new_dat, off, dat, n, ovl, pairs, i, pos, budget) -> (i, pos): one step of
- * a compaction's repack. Objects pos, pos + 1, ... are appended to new_off ('I') and
- * new_dat ('q'): an object with a pair (pairs[i], its ref; pairs sorted by oid) gets its
- * overlay region, any other its base group (off/dat; empty past the base's objects). Stops
- * once all n objects are written or about `budget` entries and objects have been (a base
- * run is cut to fit, a region is not), and returns where to go on. OverflowError, with
- * nothing appended, if an offset would pass 2**32 - 1. */
+ * a compaction's repack into arrays made by `sized`: new_off ('I') of n + 1 offsets with
+ * new_off[0..pos] written, new_dat ('q') of `kept` + the regions' entries. Objects pos, pos + 1,
+ * ... are written: an object with a pair (pairs[i], its ref; pairs sorted by oid) gets its
+ * overlay region, any other its base group (off/dat; empty past the base's objects). It
+ * stops once all n objects are written or about `budget` entries and objects have been (a
+ * base run is cut to fit, a region is not), and returns where to go on.
+ *
+ * The copy runs with the GIL released: readers go on meanwhile, and the new arrays' fresh
+ * pages are faulted in without holding them up. It reads the base (never resized) and
+ * overlay chunks through buffers held for the copy, so a chunk cannot be resized under it
+ * (a resize would fail: the store's writers hold the turn anyway); the new arrays belong to
+ * the caller alone. */
 static PyObject *pack_merge(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 10 || !PyList_Check(args[5])) {
@@ -495,33 +648,34 @@ static PyObject *pack_merge(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     long long pos = PyLong_AsLongLong(args[8]);
     if (PyErr_Occurred())
         return NULL;
-    Py_ssize_t have = PyObject_Size(args[1]); /* entries already in new_dat */
-    if (have < 0)
-        return NULL;
-    Py_buffer ob = {0}, db = {0}, pb = {0};
+    Py_buffer nob = {0}, ndb = {0}, ob = {0}, db = {0}, pb = {0};
+    Py_buffer *held = NULL; /* the chunks of this step's regions */
+    Copy *plan = NULL;
+    Py_ssize_t nheld = 0, nplan = 0, cap = 0;
     PyObject *result = NULL;
-    Vec ents = {0};
-    uint32_t *offs = NULL;
-    Py_ssize_t no = 0, cap = 0;
-    if (PyObject_GetBuffer(args[2], &ob, PyBUF_FORMAT) < 0)
+    if (PyObject_GetBuffer(args[0], &nob, PyBUF_WRITABLE | PyBUF_FORMAT) < 0 ||
+        PyObject_GetBuffer(args[1], &ndb, PyBUF_WRITABLE) < 0 ||
+        PyObject_GetBuffer(args[2], &ob, PyBUF_FORMAT) < 0 ||
+        PyObject_GetBuffer(args[3], &db, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(args[6], &pb, PyBUF_SIMPLE) < 0)
         goto done;
-    if (PyObject_GetBuffer(args[3], &db, PyBUF_SIMPLE) < 0)
-        goto done;
-    if (PyObject_GetBuffer(args[6], &pb, PyBUF_SIMPLE) < 0)
-        goto done;
-    if (ob.itemsize != 4 || !ob.format || strcmp(ob.format, "I") != 0 || db.len % 8 ||
+    if (ob.itemsize != 4 || !ob.format || strcmp(ob.format, "I") != 0 || nob.itemsize != 4 ||
+        !nob.format || strcmp(nob.format, "I") != 0 || db.len % 8 || ndb.len % 8 ||
         pb.len % 16) {
-        PyErr_SetString(PyExc_TypeError, "merge: off must be array('I'), dat and pairs 'q'");
+        PyErr_SetString(PyExc_TypeError, "merge: offsets must be arrays of 'I', entries 'q'");
         goto done;
     }
     const uint32_t *off = ob.buf;
+    uint32_t *noff = nob.buf;
     const int64_t *dat = db.buf, *pairs = pb.buf;
-    long long nb = ob.len / 4 - 1, nd = db.len / 8;
+    int64_t *ndat = ndb.buf;
+    long long nb = ob.len / 4 - 1, nd = db.len / 8, cap_d = ndb.len / 8;
     Py_ssize_t np = pb.len / 16;
-    if (nb < 0 || i < 0 || i > np || pos < 0 || pos > n || budget < 1) {
+    if (nb < 0 || i < 0 || i > np || pos < 0 || pos > n || budget < 1 || nob.len / 4 != n + 1) {
         PyErr_SetString(PyExc_ValueError, "merge: bad arguments");
         goto done;
     }
+    long long w = noff[pos]; /* where the next entries go */
     Py_ssize_t work = 0;
     while (pos < n && work < budget) {
         long long next = i < np ? pairs[2 * i] : n;
@@ -529,17 +683,15 @@ static PyObject *pack_merge(PyObject *mod, PyObject *const *args, Py_ssize_t nar
             PyErr_SetString(PyExc_ValueError, "merge: pairs unsorted or past n");
             goto done;
         }
-        long long stop = 0; /* objects pos..stop-1 go now */
-        const int64_t *src = NULL; /* a base run's entries */
-        Py_ssize_t ns = 0, copied = 0;
+        Copy c = {NULL, 0, pos, 0, 0};
         if (pos < next) {
-            stop = next;
+            c.b = next;
             if (pos < nb) { /* base groups, cut so their entries fit the budget */
-                if (stop > nb)
-                    stop = nb;
+                if (c.b > nb)
+                    c.b = nb;
                 long long lim = (long long)off[pos] + (budget - work);
-                if ((long long)off[stop] > lim) {
-                    long long lo = pos + 1, hi = stop; /* first object ending past lim */
+                if ((long long)off[c.b] > lim) {
+                    long long lo = pos + 1, hi = c.b; /* first object ending past lim */
                     while (lo < hi) {
                         long long mid = lo + (hi - lo) / 2;
                         if ((long long)off[mid] > lim)
@@ -547,95 +699,89 @@ static PyObject *pack_merge(PyObject *mod, PyObject *const *args, Py_ssize_t nar
                         else
                             lo = mid + 1;
                     }
-                    stop = lo > pos + 1 ? lo - 1 : pos + 1;
+                    c.b = lo > pos + 1 ? lo - 1 : pos + 1;
                 }
-                if (off[pos] > off[stop] || off[stop] > nd) {
+                if (off[pos] > off[c.b] || off[c.b] > nd) {
                     PyErr_SetString(PyExc_IndexError, "merge: offsets past the entries");
                     goto done;
                 }
-                src = dat + off[pos];
-                ns = (Py_ssize_t)(off[stop] - off[pos]);
-            } else if (stop - pos > budget - work) {
-                stop = pos + (budget - work); /* empty groups of objects past the base */
+                c.src = dat + off[pos];
+                c.n = (Py_ssize_t)(off[c.b] - off[pos]);
+                c.base = 1;
+            } else if (c.b - pos > budget - work) {
+                c.b = pos + (budget - work); /* empty groups of objects past the base */
             }
-        } else { /* pos == next: its overlay region */
-            Py_buffer rb;
+        } else { /* pos == next: its overlay region, its chunk held until the copy is done */
+            if (nheld % 64 == 0) {
+                Py_buffer *t = PyMem_Realloc(held, (size_t)(nheld + 64) * sizeof(Py_buffer));
+                if (!t) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                held = t;
+            }
             const int64_t *reg;
-            if (open_region(args[5], pairs[2 * i + 1], &rb, &reg) < 0)
+            if (open_region(args[5], pairs[2 * i + 1], &held[nheld], &reg) < 0)
                 goto done;
-            copied = (Py_ssize_t)reg[2];
-            int bad = vec_extend(&ents, reg + 3, copied);
-            PyBuffer_Release(&rb);
-            if (bad < 0)
-                goto done;
-            stop = pos + 1;
+            nheld++;
+            c.src = reg + 3;
+            c.n = (Py_ssize_t)reg[2];
+            c.b = pos + 1;
             i++;
         }
-        if (src) {
-            if (vec_extend(&ents, src, ns) < 0)
-                goto done;
-            copied = ns;
+        if (w + c.n > cap_d) {
+            PyErr_SetString(PyExc_IndexError, "merge: more entries than new_dat holds");
+            goto done;
         }
-        Py_ssize_t add = (Py_ssize_t)(stop - pos);
-        if (no + add > cap) {
-            Py_ssize_t ncap = cap ? cap : 1024;
-            while (ncap < no + add)
-                ncap *= 2;
-            uint32_t *t = PyMem_Realloc(offs, (size_t)ncap * 4);
+        if (nplan == cap) {
+            cap = cap ? 2 * cap : 64;
+            Copy *t = PyMem_Realloc(plan, (size_t)cap * sizeof(Copy));
             if (!t) {
                 PyErr_NoMemory();
                 goto done;
             }
-            offs = t, cap = ncap;
+            plan = t;
         }
-        if (src) { /* the base run's offsets, shifted to where its entries land */
-            long long shift = (long long)have + (long long)ents.n - ns - (long long)off[pos];
-            for (long long o = pos + 1; o <= stop; o++) {
-                long long v = (long long)off[o] + shift;
-                if (v > 0xffffffffLL)
-                    goto overflow;
-                offs[no++] = (uint32_t)v;
-            }
-        } else {
-            long long v = (long long)have + (long long)ents.n;
-            if (v > 0xffffffffLL)
-                goto overflow;
-            for (long long o = pos; o < stop; o++)
-                offs[no++] = (uint32_t)v;
-        }
-        work += add + copied;
-        pos = stop;
+        plan[nplan++] = c;
+        w += c.n;
+        work += (Py_ssize_t)(c.b - c.a) + c.n;
+        pos = c.b;
     }
     if (pos >= n && i < np) { /* pairs left over: out of order, or repeated */
         PyErr_SetString(PyExc_ValueError, "merge: pairs unsorted or past n");
         goto done;
     }
-    if (ents.n) {
-        PyObject *r = PyObject_CallMethod(args[1], "frombytes", "y#", (const char *)ents.v,
-                                          ents.n * 8);
-        if (!r)
-            goto done;
-        Py_DECREF(r);
+    if (w > 0xffffffffLL) {
+        PyErr_SetString(PyExc_OverflowError, "merge: an offset passes 2**32 - 1");
+        goto done;
     }
-    if (no) {
-        PyObject *r = PyObject_CallMethod(args[0], "frombytes", "y#", (const char *)offs, no * 4);
-        if (!r)
-            goto done; /* new_dat grew: the caller drops both on error */
-        Py_DECREF(r);
+    Py_BEGIN_ALLOW_THREADS
+    long long at = noff[plan ? plan[0].a : pos];
+    for (Py_ssize_t k = 0; k < nplan; k++) {
+        const Copy *c = &plan[k];
+        if (c->n)
+            memcpy(ndat + at, c->src, (size_t)c->n * 8);
+        if (c->base) { /* the run's offsets, shifted to where its entries landed */
+            long long shift = at - (long long)off[c->a];
+            for (long long o = c->a + 1; o <= c->b; o++)
+                noff[o] = (uint32_t)((long long)off[o] + shift);
+        } else {
+            for (long long o = c->a + 1; o <= c->b; o++)
+                noff[o] = (uint32_t)(at + c->n);
+        }
+        at += c->n;
     }
+    Py_END_ALLOW_THREADS
     result = Py_BuildValue("(nL)", i, pos);
-    goto done;
-overflow:
-    PyErr_SetString(PyExc_OverflowError, "merge: an offset passes 2**32 - 1");
 done:
-    PyMem_Free(ents.v);
-    PyMem_Free(offs);
-    if (ob.obj)
-        PyBuffer_Release(&ob);
-    if (db.obj)
-        PyBuffer_Release(&db);
-    if (pb.obj)
-        PyBuffer_Release(&pb);
+    for (Py_ssize_t k = 0; k < nheld; k++)
+        PyBuffer_Release(&held[k]);
+    PyMem_Free(held);
+    PyMem_Free(plan);
+    Py_buffer *all[] = {&nob, &ndb, &ob, &db, &pb};
+    for (size_t k = 0; k < sizeof all / sizeof *all; k++)
+        if (all[k]->obj)
+            PyBuffer_Release(all[k]);
     return result;
 }
 
@@ -785,9 +931,14 @@ static PyMethodDef pack_methods[] = {
     {"carry", (PyCFunction)(void (*)(void))pack_carry, METH_FASTCALL,
      "carry(ov, ovl, oids, since, chunk[, new_ov, new_ovl]) -> (new_ov, new_ovl, entries)"},
     {"visible", (PyCFunction)(void (*)(void))pack_visible, METH_FASTCALL,
-     "visible(ov, ovl, oids, ver) -> bytes of (oid, ref) pairs a snapshot at ver reads"},
+     "visible(ov, ovl, oids, ver) -> (bytes of (oid, ref) pairs a snapshot at ver reads, "
+     "their entries)"},
     {"sort_pairs", (PyCFunction)pack_sort_pairs, METH_O,
      "sort_pairs(pairs: array('q')): sort its (oid, ref) pairs by oid, GIL released"},
+    {"sized", (PyCFunction)(void (*)(void))pack_sized, METH_FASTCALL,
+     "sized(template, n) -> an array like template of n items, not initialised"},
+    {"kept", (PyCFunction)(void (*)(void))pack_kept, METH_FASTCALL,
+     "kept(off, n, pairs) -> the base's entries outside the paired objects' groups"},
     {"merge", (PyCFunction)(void (*)(void))pack_merge, METH_FASTCALL,
      "merge(new_off, new_dat, off, dat, n, ovl, pairs, i, pos, budget) -> (i, pos)"},
     {"presized", (PyCFunction)pack_presized, METH_O,
@@ -808,5 +959,9 @@ PyMODINIT_FUNC PyInit__pack(void)
     if (!layout || PyModule_AddObjectRef(m, "LAYOUT", layout) < 0)
         Py_CLEAR(m);
     Py_XDECREF(layout);
+    /* the array layout `sized` writes, as found in a live array at import */
+    arrays_sized = m ? array_layout_matches() : 0;
+    if (m && PyModule_AddObjectRef(m, "ARRAYS_SIZED", arrays_sized ? Py_True : Py_False) < 0)
+        Py_CLEAR(m);
     return m;
 }

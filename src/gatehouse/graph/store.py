@@ -1095,26 +1095,34 @@ def _repack(
     `wait` (if any) runs between steps.
 
     In C: the overlay groups `snap` reads, as (oid, ref) pairs found a slice of keys at a
-    time and sorted with the GIL released, then `_packer.merge` writes the new arrays in
-    steps of about `_RUN` entries and objects (base runs and regions copied as they are)."""
+    time and sorted with the GIL released; then the new arrays, made at their final size and
+    not touched (`_packer.sized`), are filled by `_packer.merge` in steps of about `_RUN`
+    entries and objects, each copying with the GIL released."""
     if forward:
         off, dat, ov, ovl = snap.f_off, snap.f_dat, snap.f_ov, snap.f_ovl
     else:
         off, dat, ov, ovl = snap.r_off, snap.r_dat, snap.r_ov, snap.r_ovl
-    if _packer is None or off.typecode != "I":
+    if _packer is None or not _packer.ARRAYS_SIZED or off.typecode != "I":
         return _repack_py(off, dat, snap.overlay(forward), n, wait)
     # Deltas between two steps only add keys and regions (and never to a key listed here
     # a region the snapshot reads), so the pairs stay what `snap` reads.
     keys = list(ov)
     pairs = array("q")
+    entries = 0
     for i in range(0, len(keys), _VISIBLE_STEP):
         if wait is not None:
             wait()
-        pairs.frombytes(_packer.visible(ov, ovl, keys[i : i + _VISIBLE_STEP], snap.ver))
+        got, k = _packer.visible(ov, ovl, keys[i : i + _VISIBLE_STEP], snap.ver)
+        pairs.frombytes(got)
+        entries += k
     del keys
     _packer.sort_pairs(pairs)
-    new_off = array(_OFF, [0])
-    new_dat = array("q")
+    entries += _packer.kept(off, n, pairs)
+    if entries > 0xFFFFFFFF:
+        raise OverflowError("an index would hold more than 2**32 - 1 entries")
+    new_off = _packer.sized(off, n + 1)
+    new_off[0] = 0
+    new_dat = _packer.sized(dat, entries)
     i = pos = 0
     while pos < n:
         if wait is not None:
