@@ -227,20 +227,24 @@ def run_size(target: int, args: argparse.Namespace) -> dict[str, float]:
         # collections the applies trigger.
         gc.freeze()
     stop = threading.Event()
-    # An array, not a list: a list of millions of stamps is one object a full collection
-    # walks item by item (~10 ms with the GIL held, seen in `perf` inside an apply).
-    stamps: array[int] = array("q")
+    # An array made in advance, not a list: a list of millions of stamps is one object a full
+    # collection walks item by item (~10 ms with the GIL held, seen in `perf` inside an
+    # apply), and a growing array is now and then reallocated (copied or remapped, ~1 ms at
+    # a few MB), a stall of the reader's own. 2^23 stamps outlast any run here.
+    stamps: array[int] = array("q", [0]) * (1 << 23)
+    taken = [0]
 
     def reader() -> None:
         clock = time.perf_counter_ns
-        rec = stamps.append
         i = 0
         n = len(reader_pairs)
-        while not stop.is_set():
+        cap = len(stamps)
+        while not stop.is_set() and i < cap:
             s, o = reader_pairs[i % n]
             ev.check(st.current, s, "read", o)
-            rec(clock())
+            stamps[i] = clock()
             i += 1
+        taken[0] = i
 
     th = threading.Thread(target=reader, daemon=True)
     th.start()
@@ -260,6 +264,9 @@ def run_size(target: int, args: argparse.Namespace) -> dict[str, float]:
     bases.append(st.compactions)
     stop.set()
     th.join()
+    if taken[0] == len(stamps):
+        log("  note: the reader's stamps ran out before the deltas ended")
+    del stamps[taken[0] :]
     # Compaction runs on a background thread: a delta "compacted" when a new packed base was
     # published between its start and the next delta's start (or its neighbour's did).
     changed = [bases[i + 1] != bases[i] for i in range(len(deltas))]
