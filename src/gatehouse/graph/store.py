@@ -429,11 +429,14 @@ class GraphStore:
     0.65-0.76 ms, for the same apply time: bench/README.md, round 5.)
 
     Compaction (folding the overlay into a new packed base once it holds more groups than
-    `min_compaction` and `compaction_ratio` of the objects, capped at 2^16 groups, or more
+    `min_compaction` and `compaction_ratio` of the objects, capped at 2^15 groups, or more
     entries than 1/8 of the base's) runs on a background thread when
     `background_compaction` is true, so `apply` never pays for it: the thread packs a
     snapshot's base and overlay, then, under the write lock, publishes the new base with
-    the groups changed since that snapshot as its overlay (same revision, same contents).
+    the groups changed since that snapshot as its overlay (same revision, same contents),
+    and then frees the replaced base a slice at a time once no snapshot holds it. Writers
+    take turns (a delta throughout, a compaction one step at a time), so readers share the
+    GIL with one writer at most (docs/design.md, decision 4).
     """
 
     def __init__(
