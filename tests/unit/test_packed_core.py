@@ -858,27 +858,33 @@ def test_sized_arrays_are_real_arrays_of_the_size_asked() -> None:
 def test_a_replaced_base_is_freed_in_slices_once_no_snapshot_reads_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """After a background compaction, the old base's arrays are cut down a slice at a time
-    by the compaction's thread, but only once no snapshot holds them: a snapshot read
-    meanwhile keeps its whole base and its answers."""
+    """After a background compaction, the old base's arrays and overlay dicts are cut down a
+    slice at a time by the compaction's thread, but only once no snapshot holds them: a
+    snapshot read meanwhile keeps its whole base, its overlay and its answers."""
     import gc
     import weakref
 
     monkeypatch.setattr(store_mod, "_REAP_STEP", 3)
-    store = GraphStore(min_compaction=2, compaction_ratio=0)
+    store = GraphStore(min_compaction=3, compaction_ratio=0)
     tuples = [f"fund:f{i}#viewer@user:u{j}" for i in range(30) for j in range(3)]
     store.load(tuples, revision=1)
-    held = store.current
+    store.apply(Delta.of(["fund:f0#viewer@user:u8"]))
+    held = store.current  # a base and an overlay, which the compaction below replaces
     before = sorted(held.tuples())
     arrays = [held.f_dat, held.r_dat, held.f_off, held.r_off]
     sizes = [len(a) for a in arrays]
     refs = [weakref.ref(a) for a in arrays]
     del arrays
+    visible = (held.overlay(True), held.overlay(False))
+    assert [len(v) for v in visible] == [1, 1]
     store.apply(Delta.of([f"fund:f{i}#editor@user:u9" for i in range(5)]))
     assert store.wait_compacted(10) and store.compactions == 1
     assert held.f_dat is not store.current.f_dat
-    time.sleep(0.1)  # the reaper waits: `held` still reads the old base
+    dicts = (dict(held.f_ov), dict(held.r_ov))  # shared with the deltas after it
+    time.sleep(0.1)  # the reaper waits: `held` still reads the old base and overlay
     assert [len(a) for a in (held.f_dat, held.r_dat, held.f_off, held.r_off)] == sizes
+    assert (held.f_ov, held.r_ov) == dicts
+    assert (held.overlay(True), held.overlay(False)) == visible
     assert sorted(held.tuples()) == before
     del held
     gc.collect()
@@ -886,5 +892,38 @@ def test_a_replaced_base_is_freed_in_slices_once_no_snapshot_reads_it(
     while any(r() is not None for r in refs):
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    want = sorted(set(tuples) | {f"fund:f{i}#editor@user:u9" for i in range(5)})
+    want = sorted(
+        set(tuples) | {"fund:f0#viewer@user:u8"} | {f"fund:f{i}#editor@user:u9" for i in range(5)}
+    )
     assert sorted(store.current.tuples()) == want
+
+
+def test_reap_cuts_arrays_and_dicts_a_slice_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the reaper holds alone is cut in steps (arrays by `_REAP_STEP` entries, dicts by
+    1/32 of it), each holding the writers' turn; what something else holds is left whole."""
+    from array import array
+
+    monkeypatch.setattr(store_mod, "_REAP_STEP", 64)
+    monkeypatch.setattr(store_mod, "_REAP_WAIT", 0.2)
+    store = GraphStore()
+    cuts: list[str] = []
+
+    class Arr(array):  # type: ignore[type-arg]
+        def __delitem__(self, key: object) -> None:
+            assert store._turn.locked()
+            cuts.append("array")
+            super().__delitem__(key)  # type: ignore[arg-type]
+
+    class Dict(dict):  # type: ignore[type-arg]
+        def popitem(self) -> tuple[object, object]:
+            assert store._turn.locked()
+            cuts.append("dict")
+            return super().popitem()
+
+    kept = Arr("q", range(500))
+    old: list[object] = [Arr("q", range(1000)), Dict((i, i) for i in range(100)), kept]
+    store._reap(old)  # type: ignore[arg-type]
+    assert old == []
+    assert cuts.count("array") == (1000 - 1) // 64  # down to at most one step, then freed
+    assert cuts.count("dict") == 100 - 100 % 2 - 2
+    assert len(kept) == 500  # held here: waited for, never cut
