@@ -83,7 +83,7 @@ _LITTLE = sys.byteorder == "little" and array("I").itemsize == 4
 _OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
 _RUN = 1 << 14  # entries or objects per C call while repacking (bounds GIL hold time)
 _VISIBLE_STEP = 1 << 10  # overlay keys per C call finding what a snapshot reads (~0.2 ms)
-_CARRY_STEP = 1 << 9  # groups per C call of a compaction's carry (2,048 took ~1.8 ms at 10^6)
+_CARRY_STEP = 1 << 8  # groups per C call of a compaction's carry (512 took up to ~1 ms at 10^6)
 # Overlay groups (both indexes) that trigger a compaction at most. Each overlay dict is
 # presized for 2/3 of the limit: 2^15 groups make 2^15-slot tables (~650 KB), which are
 # allocated, zeroed and later freed in one call each; fresh pages cost ~0.9 ms per MB here,
@@ -964,8 +964,11 @@ def _carry_steps(
 def _presized(limit: int) -> dict[int, int]:
     """An empty overlay dict with room for 2/3 of `limit` groups (one index's share, with
     margin, of an overlay that compacts at `limit`): it seldom grows (rebuilding its table,
-    in fresh pages, in one call holding the GIL) before the next compaction."""
-    return {} if _packer is None else _packer.presized(limit * 2 // 3)
+    in fresh pages, in one call holding the GIL) before the next compaction. CPython sizes
+    the table for 1.5 times the entries asked, rounded up past a power of two: 2/3 of 2^15,
+    less one, is a 2^15-slot table (~650 KB, under the mmap threshold, so its heap pages are
+    reused), where 2/3 exactly would double it."""
+    return {} if _packer is None else _packer.presized(limit * 2 // 3 - 1)
 
 
 def _carry(
