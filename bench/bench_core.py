@@ -299,12 +299,17 @@ def run_size(target: int, args: argparse.Namespace) -> dict[str, float]:
             stall_idle = max(stall_idle, gap)
     r["stall_ms"] = stall / 1e6
     r["stall_p99_ms"] = pct(inside, 99) / 1e6 if inside else 0.0
+    # How often, not only how long: a max is one sample, and moves with the machine.
+    r["stalls_over_1ms"] = sum(g > 1_000_000 for g in inside)
+    r["gaps_inside"] = len(inside)
     # The machine's floor in the same run: the same kind of reader against pure-Python
     # bursts as long as a median apply, at the same lowered switch interval.
     switch_ms = (st.switch_interval or sys.getswitchinterval()) * 1e3
     fin, _ = gil_floor(len(deltas), max(1.0, r["delta_p50"]), switch_ms)
     r["floor_max_ms"] = max(fin, default=0) / 1e6
     r["floor_p99_ms"] = pct(fin, 99) / 1e6 if fin else 0.0
+    r["floor_over_1ms"] = sum(g > 1_000_000 for g in fin)
+    r["floor_gaps"] = len(fin)
     r["stall_plain_ms"] = stall_plain / 1e6
     r["stall_any_ms"] = stall_any / 1e6
     r["stall_idle_ms"] = stall_idle / 1e6
@@ -406,6 +411,11 @@ def render(results: list[dict[str, float]], args: argparse.Namespace) -> str:
     )
     row("reader gaps during applies, p99 (ms)", "", lambda r: f"{r['stall_p99_ms']:.2f}")
     row(
+        "reader gaps during applies over 1 ms / all",
+        "",
+        lambda r: f"{r['stalls_over_1ms']:,} / {r['gaps_inside']:,}",
+    )
+    row(
         "control: reader max gap between deltas, no apply running (ms)",
         "",
         lambda r: f"{r['stall_idle_ms']:.2f}",
@@ -414,6 +424,11 @@ def render(results: list[dict[str, float]], args: argparse.Namespace) -> str:
         "floor: reader gaps during pure-Python bursts, p99 / max (ms)",
         "",
         lambda r: f"{r['floor_p99_ms']:.2f} / {r['floor_max_ms']:.2f}",
+    )
+    row(
+        "floor: gaps over 1 ms / all",
+        "",
+        lambda r: f"{r['floor_over_1ms']:,} / {r['floor_gaps']:,}",
     )
 
     out = ["| metric | target | " + " | ".join(cols) + " |"]

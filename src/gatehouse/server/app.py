@@ -89,7 +89,7 @@ def freeze_heap_once() -> bool:
     return True
 
 
-def map_large_allocations(threshold: int = 1 << 20, keep: int = 1 << 28) -> bool:
+def map_large_allocations(threshold: int = 1 << 21, keep: int = 1 << 28) -> bool:
     """Ask glibc's malloc to serve every allocation of `threshold` bytes or more with its own
     mapping (`mallopt(M_MMAP_THRESHOLD)`), and to keep up to `keep` bytes of freed heap
     memory instead of returning it (`M_TRIM_THRESHOLD`); return whether both took effect.
@@ -98,9 +98,9 @@ def map_large_allocations(threshold: int = 1 << 20, keep: int = 1 << 28) -> bool
     as large blocks are freed (up to 32 MiB), so arrays of a few MiB end up on the heap, and
     growing one copies it whole in one C call with the GIL held: milliseconds in which no RPC
     runs. A mapped block grows by `mremap`, which moves pages instead of bytes. Smaller blocks
-    (overlay chunks and dict tables, rebuilt at every compaction) then reuse heap pages
-    already mapped: a fresh page costs ~2 us to fault in here, with the GIL held. A no-op off
-    glibc.
+    (overlay chunks, and the overlay's dict tables of up to 1.3 MB, rebuilt at every
+    compaction) then reuse heap pages already mapped: a fresh page costs ~2 us to fault in
+    here, with the GIL held. A no-op off glibc.
     """
     try:
         libc = ctypes.CDLL(None)
