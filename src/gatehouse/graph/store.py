@@ -970,6 +970,138 @@ def _presized(limit: int) -> dict[int, int]:
     return {} if _packer is None else _packer.presized(limit)
 
 
+def _carry(
+    ov: dict[int, int],
+    ovl: list[array[int]],
+    oids: Iterable[int],
+    since: int,
+    chunk: int,
+    new_ov: dict[int, int] | None = None,
+    new_ovl: list[array[int]] | None = None,
+) -> tuple[dict[int, int], list[array[int]], int]:
+    """A fresh overlay holding the newest region of each group of `oids` changed after
+    version `since` (as the only one: prev -1), or `new_ov`/`new_ovl` of an earlier call
+    filled further; an oid already there is skipped. `chunk` is `_CHUNK` (as
+    `_packer.carry`)."""
+    if new_ov is None or new_ovl is None:
+        new_ov, new_ovl = {}, [array("q")]
+    size = 0
+    for oid in oids:  # the caller holds the write lock: `ov` cannot change
+        if oid in new_ov:
+            continue
+        v = ov[oid]
+        c = ovl[v >> 32]
+        s = v & OID_MASK
+        if c[s] > since:
+            n = c[s + 2]
+            new_ov[oid] = put_region(new_ovl, c[s], -1, c[s + 3 : s + 3 + n])
+            size += n + 3
+    return new_ov, new_ovl, size
+
+
+def _fentry(rid: int, sk: int) -> int:
+    return rid << F_REL | (F_US if sk & REL_MASK else 0) | sk
+
+
+def _rentry(oid: int, rid: int, sk: int) -> int:
+    return ((sk & REL_MASK) << REL_BITS | rid) << R_REL | oid
+
+
+def _parse(t: Tuple | str) -> Tuple:
+    return parse_tuple(t) if isinstance(t, str) else t
+
+
+def _intern(it: Interner, t: Tuple) -> tuple[int, int, int]:
+    oid = it.intern_object(f"{t.resource.type}:{t.resource.id}")
+    rid = it.intern_rel(f"{t.resource.type}#{t.relation}")
+    soid = it.intern_object(f"{t.subject.type}:{t.subject.id}")
+    srid = it.intern_rel(f"{t.subject.type}#{t.subject.relation}") if t.subject.relation else 0
+    return oid, rid, soid << REL_BITS | srid
+
+
+def _lookup(it: Interner, t: Tuple) -> tuple[int, int, int] | None:
+    oid = it.oid(f"{t.resource.type}:{t.resource.id}")
+    rid = it.rid(f"{t.resource.type}#{t.relation}")
+    sk = it.subject_key(t.subject)
+    if oid is None or rid is None or sk is None:
+        return None
+    return oid, rid, sk
+
+
+_Packed: TypeAlias = tuple["array[int]", "array[int]", "array[int]", "array[int]"]
+
+
+def _load_flat(it: Interner, tuples: Iterable[Tuple | str]) -> _Packed:
+    """Intern the tuples into flat (object, entry) arrays, 12 bytes per tuple and index, and
+    pack them in C: no Python object per tuple or per object survives the loop."""
+    assert _packer is not None
+    fk, fe = array("i"), array("q")
+    rk, re = array("i"), array("q")
+    with it.lock:
+        for t in tuples:
+            oid, rid, sk = _intern(it, parse_tuple(t) if isinstance(t, str) else t)
+            fk.append(oid)
+            fe.append(_fentry(rid, sk))
+            rk.append(sk >> REL_BITS)
+            re.append(_rentry(oid, rid, sk))
+        n = len(it.names)
+    if len(fe) > 0xFFFFFFFF:
+        raise DeltaError("an index would hold more than 2**32 - 1 entries")
+    f_off, f_dat = _build(fk, fe, n)
+    del fk, fe
+    r_off, r_dat = _build(rk, re, n)
+    return f_off, f_dat, r_off, r_dat
+
+
+def _build(keys: array[int], ents: array[int], n: int) -> tuple[array[int], array[int]]:
+    assert _packer is not None
+    off = array(_OFF, [0]) * (n + 1)
+    dat = array("q", [0]) * len(ents)
+    del dat[_packer.build(keys, ents, off, dat) :]
+    return off, dat
+
+
+def _load_groups(it: Interner, tuples: Iterable[Tuple | str]) -> _Packed:
+    """`_load_flat` without the C module: per-object arrays, packed in Python."""
+    # Groups as arrays of 8-byte entries: no int object per entry while loading.
+    fl: dict[int, array[int]] = {}
+    rl: dict[int, array[int]] = {}
+    with it.lock:
+        for t in tuples:
+            oid, rid, sk = _intern(it, parse_tuple(t) if isinstance(t, str) else t)
+            g = fl.get(oid)
+            if g is None:
+                g = fl[oid] = array("q")
+            g.append(_fentry(rid, sk))
+            so = sk >> REL_BITS
+            g = rl.get(so)
+            if g is None:
+                g = rl[so] = array("q")
+            g.append(_rentry(oid, rid, sk))
+        n = len(it.names)
+    with _no_overflow():
+        f_off, f_dat = _pack(fl, n)
+        del fl
+        r_off, r_dat = _pack(rl, n)
+    return f_off, f_dat, r_off, r_dat
+
+
+def _pack(groups: dict[int, array[int]], n: int) -> tuple[array[int], array[int]]:
+    """Offsets (n + 1) and entries of `groups` (oid -> entries), each group sorted, deduped."""
+    off = array(_OFF, [0])
+    dat = array("q")
+    get = groups.get
+    for oid in range(n):
+        g = get(oid)
+        if g:
+            if len(g) > 1:
+                dat.extend(sorted(set(g)))
+            else:
+                dat.extend(g)
+        off.append(len(dat))
+    return off, dat
+
+
 def _repack(
     snap: Snapshot, forward: bool, n: int, wait: Callable[[], None] | None = None
 ) -> tuple[array[int], array[int]]:
