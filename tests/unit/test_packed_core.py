@@ -899,31 +899,57 @@ def test_a_replaced_base_is_freed_in_slices_once_no_snapshot_reads_it(
 
 
 def test_reap_cuts_arrays_and_dicts_a_slice_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the reaper holds alone is cut in steps (arrays by `_REAP_STEP` entries, dicts by
-    1/32 of it), each holding the writers' turn; what something else holds is left whole."""
+    """What the reaper holds alone is freed in steps, each holding the writers' turn: a large
+    array's pages go back to the OS `_REAP_STEP` entries at a time, a dict is emptied 1/32 of
+    that at a time; a small array is freed whole, and what something else holds is left."""
     from array import array
 
-    monkeypatch.setattr(store_mod, "_REAP_STEP", 64)
-    monkeypatch.setattr(store_mod, "_REAP_WAIT", 0.2)
+    assert store_mod._packer is not None
+    real = store_mod._packer
     store = GraphStore()
-    cuts: list[str] = []
+    released: list[tuple[int, int]] = []
 
-    class Arr(array):  # type: ignore[type-arg]
-        def __delitem__(self, key: object) -> None:
+    class Packer:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def release(self, arr: array[int], start: int, stop: int) -> None:
             assert store._turn.locked()
-            cuts.append("array")
-            super().__delitem__(key)  # type: ignore[arg-type]
+            released.append((start, stop))
+            real.release(arr, start, stop)
 
     class Dict(dict):  # type: ignore[type-arg]
         def popitem(self) -> tuple[object, object]:
             assert store._turn.locked()
-            cuts.append("dict")
+            pops.append(1)
             return super().popitem()
 
-    kept = Arr("q", range(500))
-    old: list[object] = [Arr("q", range(1000)), Dict((i, i) for i in range(100)), kept]
+    pops: list[int] = []
+    monkeypatch.setattr(store_mod, "_packer", Packer())
+    monkeypatch.setattr(store_mod, "_REAP_STEP", 1 << 16)
+    monkeypatch.setattr(store_mod, "_REAP_WAIT", 0.2)
+    big = array("q", range(300_000))  # 2.4 MB
+    kept = array("q", range(500))
+    old: list[object] = [big, array("q", range(1000)), Dict((i, i) for i in range(5000)), kept]
+    del big
     store._reap(old)  # type: ignore[arg-type]
     assert old == []
-    assert cuts.count("array") == (1000 - 1) // 64  # down to at most one step, then freed
-    assert cuts.count("dict") == 100 - 100 % 2 - 2
-    assert len(kept) == 500  # held here: waited for, never cut
+    assert released == [(lo, min(lo + (1 << 16), 300_000)) for lo in range(0, 300_000, 1 << 16)]
+    assert len(pops) == 2 * 2048  # 5,000 -> 2,952 -> 904: at most one step left, freed whole
+    assert len(kept) == 500 and kept[-1] == 499  # held here: waited for, never touched
+
+
+def test_release_returns_pages_and_leaves_the_array_whole() -> None:
+    """`_pack.release` zeroes the whole pages inside the range (they went back to the OS)
+    and nothing outside it; the array keeps its length."""
+    from array import array
+
+    assert store_mod._packer is not None
+    a = array("q", [7]) * (1 << 16)  # 512 KB: at least 126 whole pages inside
+    store_mod._packer.release(a, 1000, 60_000)
+    assert len(a) == 1 << 16
+    assert a[:1000] == array("q", [7]) * 1000 and a[60_000:] == array("q", [7]) * (len(a) - 60_000)
+    zeros = sum(1 for x in a[1000:60_000] if x == 0)
+    assert zeros >= 60_000 - 1000 - 1024  # all but the partial pages at both ends
+    with pytest.raises(IndexError):
+        store_mod._packer.release(a, 5, 1 << 20)

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "_common.h"
 
@@ -785,6 +787,65 @@ done:
     return result;
 }
 
+/* release(arr, start, stop): hands the whole pages of arr's items start..stop-1 back to
+ * the OS (madvise MADV_DONTNEED), with the GIL released; they read as zeros afterwards.
+ * For an array about to be freed that nothing else holds: freeing 80 MB at once holds the
+ * GIL ~7 ms here, and shrinking an array by slices reallocates it whole at every step
+ * (array keeps 1/16 spare), so its pages are returned a slice at a time instead. */
+static PyObject *pack_release(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "release(arr, start, stop)");
+        return NULL;
+    }
+    Py_ssize_t a = PyLong_AsSsize_t(args[1]), z = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
+        return NULL;
+    Py_ssize_t n = b.itemsize ? b.len / b.itemsize : 0;
+    if (a < 0 || z < a || z > n) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_IndexError, "release: start..stop out of range");
+        return NULL;
+    }
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)b.buf + (uintptr_t)(a * b.itemsize) + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)b.buf + (uintptr_t)(z * b.itemsize)) & ~(page - 1);
+    int rc = 0;
+    if (hi > lo) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = madvise((void *)lo, hi - lo, MADV_DONTNEED);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&b);
+    if (rc != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* warm(nbytes): allocates nbytes, touches every page and frees them, with the GIL released.
+ * Freed heap memory stays in this thread's arena (map_large_allocations keeps it), so the
+ * blocks this thread allocates next with the GIL held (dict tables, overlay chunks) reuse
+ * pages already faulted in: a fresh page costs ~2 us here. */
+static PyObject *pack_warm(PyObject *mod, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        char *p = malloc((size_t)n);
+        if (p) {
+            memset(p, 0, (size_t)n);
+            free(p);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
+}
+
 /* presized(n) -> an empty dict with room for n entries. An overlay dict that grows by
  * doubling rebuilds its table, in fresh pages, in one call holding the GIL: ~2 ms at 2^16
  * entries here (page faults cost ~2 us each). One sized for the most the overlay holds
@@ -941,6 +1002,10 @@ static PyMethodDef pack_methods[] = {
      "kept(off, n, pairs) -> the base's entries outside the paired objects' groups"},
     {"merge", (PyCFunction)(void (*)(void))pack_merge, METH_FASTCALL,
      "merge(new_off, new_dat, off, dat, n, ovl, pairs, i, pos, budget) -> (i, pos)"},
+    {"release", (PyCFunction)(void (*)(void))pack_release, METH_FASTCALL,
+     "release(arr, start, stop): return the whole pages of arr[start:stop] to the OS"},
+    {"warm", (PyCFunction)pack_warm, METH_O,
+     "warm(nbytes): fault in and free nbytes of heap, GIL released"},
     {"presized", (PyCFunction)pack_presized, METH_O,
      "presized(n) -> an empty dict with room for n entries"},
     {"edits", (PyCFunction)pack_edits, METH_O,

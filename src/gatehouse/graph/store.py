@@ -71,9 +71,14 @@ _Index: TypeAlias = tuple[
 _CHUNK = 1 << 15  # overlay entries per chunk array (bounds each append's realloc copy)
 _STEP = 128  # edits per C call of a delta's writes (each call holds the GIL throughout)
 _GIVE_WAY = 0.05  # longest a background compaction step waits for a delta being applied
-# Entries freed per step of a replaced base's array (~1 MB, ~0.1 ms to unmap); a dict's
-# steps pop 1/32 of that (4,096 groups, ~0.3 ms of freeing ints).
+# Entries whose pages go back to the OS per step of freeing a replaced base's array (~1 MB,
+# ~0.1 ms); a dict's steps pop 1/32 of that (4,096 groups, ~0.3 ms of freeing ints). Arrays
+# under `_REAP_MIN` bytes are freed whole.
 _REAP_STEP = 1 << 17
+_REAP_MIN = 1 << 21
+# Heap faulted in (GIL released) before a compaction publishes: two presized overlay dicts
+# (~1.3 MB each at the limit) and the chunks the carry fills.
+_WARM = 8 << 20
 _REAP_WAIT = 30.0  # longest a compaction waits for readers to drop the replaced base
 _FE_BITS = 56  # forward and reverse entries fit in 56 bits (see the layout above)
 _FE_MASK = (1 << _FE_BITS) - 1
@@ -632,11 +637,13 @@ class GraphStore:
         holding the turn.
 
         Freed whole, an array is unmapped in one call with the GIL held: ~0.09 ms per MB
-        here, ~7 ms for one array at 10^7 tuples; a dict of 2^15 groups frees its keys and
-        values one by one, ~1.5 ms. It waits (up to `_REAP_WAIT` seconds) until `old` holds
-        the last reference to each: snapshots read by readers keep theirs, and nothing that
-        is still read is cut. Past that it lets go, and the last holder frees the rest
-        whole."""
+        here, ~7 ms for one array at 10^7 tuples. So its pages go back to the OS a slice at
+        a time first (`_pack.release`; cutting the array by slices would not do: each cut
+        reallocates it whole). A dict of 2^15 groups frees its keys and values one by one,
+        ~1.5 ms, so it is emptied a slice at a time. It waits (up to `_REAP_WAIT` seconds)
+        until `old` holds the last reference to each: snapshots read by readers keep theirs,
+        and nothing that is still read is touched. Past that it lets go, and the last holder
+        frees the rest whole."""
         deadline = time.monotonic() + _REAP_WAIT
         try:
             while old and time.monotonic() < deadline:
@@ -646,17 +653,20 @@ class GraphStore:
                     time.sleep(0.01)
                     continue
                 item = old.pop(free[0])
-                step = _REAP_STEP >> 5 if isinstance(item, dict) else _REAP_STEP
                 with _Switch(self.switch_interval):
-                    while len(item) > step:
-                        self._idle.wait(_GIVE_WAY)
-                        with self._turn:
-                            if isinstance(item, dict):
+                    if isinstance(item, dict):
+                        step = _REAP_STEP >> 5
+                        while len(item) > step:
+                            self._idle.wait(_GIVE_WAY)
+                            with self._turn:
                                 for _ in range(step):
                                     item.popitem()
-                            else:
-                                del item[-step:]  # realloc to smaller: unmaps the tail
-                    del item
+                    elif _packer is not None and len(item) * item.itemsize >= _REAP_MIN:
+                        for lo in range(0, len(item), _REAP_STEP):
+                            self._idle.wait(_GIVE_WAY)
+                            with self._turn:
+                                _packer.release(item, lo, lo + min(_REAP_STEP, len(item) - lo))
+                    del item  # its pages are back with the OS: unmapping the rest is cheap
         finally:
             old.clear()
 
@@ -679,6 +689,10 @@ class GraphStore:
                 if locked:
                     self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
                 else:
+                    # The new overlay's dicts and chunks are made under the write lock with
+                    # the GIL held: fault their pages in beforehand, without it.
+                    if _packer is not None:
+                        _packer.warm(_WARM)
                     with self._write_lock:
                         if self._swap_base(snap, (f_off, f_dat), (r_off, r_dat)):
                             old = [snap.f_dat, snap.r_dat, snap.f_off, snap.r_off]
