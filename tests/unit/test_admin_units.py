@@ -28,6 +28,16 @@ def test_tokens_are_random_and_stored_as_sha256() -> None:
     assert hash_token(a) == hashlib.sha256(a.encode()).hexdigest()
 
 
+def test_a_token_never_starts_like_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`gatehouse admin user accept TOKEN` would read a token starting with "-" as an
+    option: such a draw is thrown away."""
+    import secrets
+
+    draws = iter(["-leading-dash", "_fine-token"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(draws))
+    assert new_token() == "_fine-token"
+
+
 def test_passwords_are_salted_scrypt() -> None:
     h1, h2 = hash_password("hunter22!"), hash_password("hunter22!")
     assert h1 != h2 and h1.startswith("scrypt$") and "hunter22" not in h1
