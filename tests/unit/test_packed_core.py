@@ -712,11 +712,17 @@ def test_c_carry_matches_the_python_one(
         for ver, entries in sorted(versions):
             ov[oid] = store_mod.put_region(ovl, ver, ov.get(oid, -1), array("q", sorted(entries)))
     oids = sorted(ov)
-    c_ov, c_ovl, c_size = store_mod._packer.carry(ov, ovl, oids, since, chunk)
+
+    def fresh() -> tuple[dict[int, int], list[array[int]]]:
+        return {}, [array("q")]
+
+    c_ov, c_ovl = fresh()
+    c_size = store_mod._packer.carry(ov, ovl, oids, since, chunk, c_ov, c_ovl)
     monkey = store_mod._CHUNK
+    p_ov, p_ovl = fresh()
     try:
         store_mod._CHUNK = chunk  # the Python one appends through _chunk_for
-        p_ov, p_ovl, p_size = store_mod._carry(ov, ovl, oids, since, chunk)
+        p_size = store_mod._carry(ov, ovl, oids, since, chunk, p_ov, p_ovl)
     finally:
         store_mod._CHUNK = monkey
     assert c_size == p_size
@@ -733,14 +739,16 @@ def test_c_carry_matches_the_python_one(
     # In several calls, each going on from the last (what a compaction does, so readers get
     # the GIL between calls): the same overlay, chunk for chunk, in C and in Python.
     for cut in {0, len(oids) // 3, len(oids) // 2, len(oids)}:
-        s_ov, s_ovl, s_size = store_mod._packer.carry(ov, ovl, oids[:cut], since, chunk)
-        _, _, more = store_mod._packer.carry(ov, ovl, oids[cut:], since, chunk, s_ov, s_ovl)
+        s_ov, s_ovl = fresh()
+        s_size = store_mod._packer.carry(ov, ovl, oids[:cut], since, chunk, s_ov, s_ovl)
+        more = store_mod._packer.carry(ov, ovl, oids[cut:], since, chunk, s_ov, s_ovl)
         assert (s_ov, s_size + more) == (c_ov, c_size)
         assert [x.tolist() for x in s_ovl] == [x.tolist() for x in c_ovl]
         try:
             store_mod._CHUNK = chunk
-            q_ov, q_ovl, q_size = store_mod._carry(ov, ovl, oids[:cut], since, chunk)
-            _, _, more = store_mod._carry(ov, ovl, oids[cut:], since, chunk, q_ov, q_ovl)
+            q_ov, q_ovl = fresh()
+            q_size = store_mod._carry(ov, ovl, oids[:cut], since, chunk, q_ov, q_ovl)
+            more = store_mod._carry(ov, ovl, oids[cut:], since, chunk, q_ov, q_ovl)
         finally:
             store_mod._CHUNK = monkey
         assert (q_ov, q_size + more) == (p_ov, p_size)
@@ -752,8 +760,9 @@ def test_c_carry_matches_the_python_one(
         for carry in (store_mod._packer.carry, store_mod._carry):
             try:
                 store_mod._CHUNK = chunk
-                r_ov, r_ovl, r_size = carry(ov, ovl, again[:cut], since, chunk)
-                _, _, more = carry(ov, ovl, again[cut:], since, chunk, r_ov, r_ovl)
+                r_ov, r_ovl = fresh()
+                r_size = carry(ov, ovl, again[:cut], since, chunk, r_ov, r_ovl)
+                more = carry(ov, ovl, again[cut:], since, chunk, r_ov, r_ovl)
             finally:
                 store_mod._CHUNK = monkey
             assert (r_ov, r_size + more) == (c_ov, c_size)

@@ -571,6 +571,12 @@ static PyObject *pack_sized(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     return a;
 }
 
+/* Whether a buffer (asked with PyBUF_FORMAT) holds 4-byte offsets, as array('I') does. */
+static int is_u32(const Py_buffer *b)
+{
+    return b->itemsize == 4 && b->format && strcmp(b->format, "I") == 0;
+}
+
 /* kept(off, n, pairs) -> the base's entries (off: 'I' offsets) outside the groups of the
  * paired objects, which `merge` replaces by their regions. Pairs past the base replace
  * nothing; an oid past n is an error. */
@@ -594,7 +600,7 @@ static PyObject *pack_kept(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     const uint32_t *off = ob.buf;
     const int64_t *pairs = pb.buf;
     long long nb = ob.len / 4 - 1;
-    if (ob.itemsize != 4 || !ob.format || strcmp(ob.format, "I") != 0 || nb < 0 || pb.len % 16) {
+    if (!is_u32(&ob) || nb < 0 || pb.len % 16) {
         PyErr_SetString(PyExc_TypeError, "kept: off must be an array('I'), pairs 'q' pairs");
         goto done;
     }
@@ -661,9 +667,7 @@ static PyObject *pack_merge(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         PyObject_GetBuffer(args[3], &db, PyBUF_SIMPLE) < 0 ||
         PyObject_GetBuffer(args[6], &pb, PyBUF_SIMPLE) < 0)
         goto done;
-    if (ob.itemsize != 4 || !ob.format || strcmp(ob.format, "I") != 0 || nob.itemsize != 4 ||
-        !nob.format || strcmp(nob.format, "I") != 0 || db.len % 8 || ndb.len % 8 ||
-        pb.len % 16) {
+    if (!is_u32(&ob) || !is_u32(&nob) || db.len % 8 || ndb.len % 8 || pb.len % 16) {
         PyErr_SetString(PyExc_TypeError, "merge: offsets must be arrays of 'I', entries 'q'");
         goto done;
     }
@@ -867,52 +871,37 @@ static PyObject *pack_presized(PyObject *mod, PyObject *arg)
     return _PyDict_NewPresized(n < 0 ? 0 : n);
 }
 
-/* carry(ov, ovl, oids, since, chunk[, new_ov, new_ovl]) -> (new_ov, new_ovl, entries): a
- * fresh overlay holding the newest region of each group of `oids` (references through `ov`
- * into the chunks `ovl`) that is newer than version `since`, as its only region (prev -1),
- * in new chunks of at most `chunk` entries (one region may exceed it alone). Given the
- * `new_ov` and `new_ovl` of an earlier call, it goes on filling them, so the caller can
- * carry many groups in several short calls. An oid already in `new_ov` is skipped (the
+/* carry(ov, ovl, oids, since, chunk, new_ov, new_ovl) -> entries: fills the overlay new_ov
+ * / new_ovl (a dict, and a list of at least one chunk) with the newest region of each group
+ * of `oids` (references through `ov` into the chunks `ovl`) that is newer than version
+ * `since`, as its only region (prev -1), in chunks of at most `chunk` entries (one region
+ * may exceed it alone); returns the entries written. The caller carries many groups in
+ * several short calls into the same overlay. An oid already in `new_ov` is skipped (the
  * deltas' record of what they changed repeats oids). What a compaction keeps of the deltas
  * that landed while it ran; the caller holds the write lock. */
 static PyObject *pack_carry(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    int more = nargs == 7 && args[5] != Py_None;
-    if ((nargs != 5 && nargs != 7) || !PyDict_Check(args[0]) || !PyList_Check(args[1]) ||
-        PyList_GET_SIZE(args[1]) < 1 ||
-        (more && (!PyDict_Check(args[5]) || !PyList_Check(args[6]) ||
-                  PyList_GET_SIZE(args[6]) < 1))) {
+    if (nargs != 7 || !PyDict_Check(args[0]) || !PyList_Check(args[1]) ||
+        PyList_GET_SIZE(args[1]) < 1 || !PyDict_Check(args[5]) || !PyList_Check(args[6]) ||
+        PyList_GET_SIZE(args[6]) < 1) {
         PyErr_SetString(PyExc_TypeError,
-                        "carry(ov: dict, ovl: list, oids, since, chunk[, new_ov, new_ovl])");
+                        "carry(ov: dict, ovl: list, oids, since, chunk, new_ov: dict, "
+                        "new_ovl: list)");
         return NULL;
     }
-    PyObject *ov = args[0], *ovl = args[1];
+    PyObject *ov = args[0], *ovl = args[1], *new_ov = args[5], *new_ovl = args[6];
     long long since = PyLong_AsLongLong(args[3]), chunk = PyLong_AsLongLong(args[4]);
     if (PyErr_Occurred())
         return NULL;
     PyObject *it = PyObject_GetIter(args[2]);
     if (!it)
         return NULL;
-    PyObject *atype = (PyObject *)Py_TYPE(PyList_GET_ITEM(ovl, 0));
-    PyObject *new_ov, *new_ovl, *last, *result = NULL;
+    PyObject *atype = (PyObject *)Py_TYPE(PyList_GET_ITEM(ovl, 0)), *result = NULL;
+    PyObject *last = PyList_GET_ITEM(new_ovl, PyList_GET_SIZE(new_ovl) - 1);
     Vec out = {0};
-    Py_ssize_t clen = 0, size = 0;
-    if (more) {
-        new_ov = Py_NewRef(args[5]);
-        new_ovl = Py_NewRef(args[6]);
-        last = PyList_GET_ITEM(new_ovl, PyList_GET_SIZE(new_ovl) - 1);
-        if ((clen = PyObject_Length(last)) < 0)
-            goto done;
-    } else {
-        new_ov = PyDict_New();
-        new_ovl = PyList_New(0);
-        last = new_ov && new_ovl ? PyObject_CallFunction(atype, "s", "q") : NULL;
-        if (!last || PyList_Append(new_ovl, last) < 0) {
-            Py_XDECREF(last);
-            goto done;
-        }
-        Py_DECREF(last); /* the list holds it */
-    }
+    Py_ssize_t clen = PyObject_Length(last), size = 0;
+    if (clen < 0)
+        goto done;
     PyObject *oid;
     while ((oid = PyIter_Next(it))) {
         int seen = PyDict_Contains(new_ov, oid); /* oids may repeat: the first carries it */
@@ -981,11 +970,9 @@ static PyObject *pack_carry(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     }
     if (PyErr_Occurred() || flush(last, out.v, out.n) < 0)
         goto done;
-    result = Py_BuildValue("(OOn)", new_ov, new_ovl, size);
+    result = PyLong_FromSsize_t(size);
 done:
     Py_DECREF(it);
-    Py_XDECREF(new_ov);
-    Py_XDECREF(new_ovl);
     PyMem_Free(out.v);
     return result;
 }
@@ -999,7 +986,7 @@ static PyMethodDef pack_methods[] = {
     {"find", (PyCFunction)(void (*)(void))pack_find, METH_FASTCALL,
      "find(interner, name) -> the oid of name, or -1"},
     {"carry", (PyCFunction)(void (*)(void))pack_carry, METH_FASTCALL,
-     "carry(ov, ovl, oids, since, chunk[, new_ov, new_ovl]) -> (new_ov, new_ovl, entries)"},
+     "carry(ov, ovl, oids, since, chunk, new_ov, new_ovl) -> entries written"},
     {"visible", (PyCFunction)(void (*)(void))pack_visible, METH_FASTCALL,
      "visible(ov, ovl, oids, ver) -> (bytes of (oid, ref) pairs a snapshot at ver reads, "
      "their entries)"},

@@ -29,10 +29,10 @@ def carry(
     oids: Iterable[int],
     since: int,
     chunk: int,
-    new_ov: dict[int, int] | None = None,
-    new_ovl: list[Any] | None = None,
+    new_ov: dict[int, int],
+    new_ovl: list[Any],
     /,
-) -> tuple[dict[int, int], list[Any], int]: ...
+) -> int: ...
 def presized(n: int, /) -> dict[int, int]: ...
 def visible(
     ov: dict[int, int], ovl: list[Any], oids: Iterable[int], ver: int, /

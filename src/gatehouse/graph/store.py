@@ -76,10 +76,10 @@ _GIVE_WAY = 0.05  # longest a background compaction step waits for a delta being
 # under `_REAP_MIN` bytes are freed whole.
 _REAP_STEP = 1 << 17
 _REAP_MIN = 1 << 21
+_REAP_WAIT = 30.0  # longest a compaction waits for readers to drop the replaced base
 # Heap faulted in (GIL released) before a compaction publishes: two presized overlay dicts
 # (~1.3 MB each at the limit) and the chunks the carry fills.
 _WARM = 8 << 20
-_REAP_WAIT = 30.0  # longest a compaction waits for readers to drop the replaced base
 _FE_BITS = 56  # forward and reverse entries fit in 56 bits (see the layout above)
 _FE_MASK = (1 << _FE_BITS) - 1
 if _packer is not None and _packer.LAYOUT != (REL_BITS, F_REL, R_REL, _FE_BITS):
@@ -657,18 +657,23 @@ class GraphStore:
                     if isinstance(item, dict):
                         step = _REAP_STEP >> 5
                         while len(item) > step:
-                            self._idle.wait(_GIVE_WAY)
-                            with self._turn:
+                            with self._reap_step():
                                 for _ in range(step):
                                     item.popitem()
                     elif _packer is not None and len(item) * item.itemsize >= _REAP_MIN:
                         for lo in range(0, len(item), _REAP_STEP):
-                            self._idle.wait(_GIVE_WAY)
-                            with self._turn:
+                            with self._reap_step():
                                 _packer.release(item, lo, lo + min(_REAP_STEP, len(item) - lo))
                     del item  # its pages are back with the OS: unmapping the rest is cheap
         finally:
             old.clear()
+
+    @contextmanager
+    def _reap_step(self) -> Iterator[None]:
+        """One step of `_reap`: after any delta being applied, holding the turn."""
+        self._idle.wait(_GIVE_WAY)
+        with self._turn:
+            yield
 
     def _compact(self, snap: Snapshot, locked: bool = False) -> list[array[int] | dict[int, int]]:
         """Fold `snap`'s overlay into a new packed base and publish it over `current`; the
@@ -695,8 +700,14 @@ class GraphStore:
                         _packer.warm(_WARM)
                     with self._write_lock:
                         if self._swap_base(snap, (f_off, f_dat), (r_off, r_dat)):
-                            old = [snap.f_dat, snap.r_dat, snap.f_off, snap.r_off]
-                            old += [snap.f_ov, snap.r_ov]
+                            old = [
+                                snap.f_dat,
+                                snap.r_dat,
+                                snap.f_off,
+                                snap.r_off,
+                                snap.f_ov,
+                                snap.r_ov,
+                            ]
                 return old
         finally:
             self._dirty = None  # before a new compaction may start and set its own
@@ -969,15 +980,14 @@ def _carry_steps(
     carry = _carry if _packer is None else _packer.carry
     new_ov, new_ovl, size = _presized(room), [array("q")], 0
     for i in range(0, len(todo), _CARRY_STEP):
-        _, _, n = carry(ov, ovl, todo[i : i + _CARRY_STEP], since, _CHUNK, new_ov, new_ovl)
-        size += n
+        size += carry(ov, ovl, todo[i : i + _CARRY_STEP], since, _CHUNK, new_ov, new_ovl)
     return new_ov, new_ovl, size
 
 
 def _presized(limit: int) -> dict[int, int]:
     """An empty overlay dict with room for `limit` groups: one index's share of an overlay
     that compacts at `limit`, plus what the deltas add while a compaction runs (at 10^7
-    tuples, a dozen deltas). It seldom grows, which rebuilds its table in one call holding
+    tuples, dozens of deltas). It seldom grows, which rebuilds its table in one call holding
     the GIL. For 2^15 that is a 2^16-slot table (~1.3 MB): under the mmap threshold of
     `map_large_allocations`, so its heap pages are reused from one compaction to the next
     instead of being faulted in afresh (~0.9 ms per MB here)."""
@@ -990,15 +1000,12 @@ def _carry(
     oids: Iterable[int],
     since: int,
     chunk: int,
-    new_ov: dict[int, int] | None = None,
-    new_ovl: list[array[int]] | None = None,
-) -> tuple[dict[int, int], list[array[int]], int]:
-    """A fresh overlay holding the newest region of each group of `oids` changed after
-    version `since` (as the only one: prev -1), or `new_ov`/`new_ovl` of an earlier call
-    filled further; an oid already there is skipped. `chunk` is `_CHUNK` (as
-    `_packer.carry`)."""
-    if new_ov is None or new_ovl is None:
-        new_ov, new_ovl = {}, [array("q")]
+    new_ov: dict[int, int],
+    new_ovl: list[array[int]],
+) -> int:
+    """Fill the overlay `new_ov`/`new_ovl` with the newest region of each group of `oids`
+    changed after version `since` (as the only one: prev -1), skipping an oid already
+    there; the entries written. `chunk` is `_CHUNK` (as `_packer.carry`)."""
     size = 0
     for oid in oids:  # the caller holds the write lock: `ov` cannot change
         if oid in new_ov:
@@ -1010,7 +1017,7 @@ def _carry(
             n = c[s + 2]
             new_ov[oid] = put_region(new_ovl, c[s], -1, c[s + 3 : s + 3 + n])
             size += n + 3
-    return new_ov, new_ovl, size
+    return size
 
 
 def _fentry(rid: int, sk: int) -> int:
