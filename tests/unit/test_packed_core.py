@@ -301,7 +301,7 @@ def test_repack_pads_objects_interned_after_the_base() -> None:
     store.load(["fund:a#viewer@user:u1"], revision=1)
     # new objects on both sides, then a compaction folds them into the packed base
     snap = store.apply(Delta.of(["fund:z#viewer@user:u9", "fund:a#viewer@user:u8"]))
-    assert snap.f_ov == {} and snap.r_ov == {}
+    assert len(snap.f_ov) == 0 and len(snap.r_ov) == 0
     assert sorted(snap.tuples()) == [
         "fund:a#viewer@user:u1",
         "fund:a#viewer@user:u8",
@@ -546,7 +546,7 @@ def test_c_append_matches_set_semantics(
         dat.extend(base[o])
         off.append(len(dat))
     ovl = [array("q", [0, 0, 0])]  # some entries already in the last chunk
-    ov: dict[int, int] = {}
+    ov = store_mod.Overlay()
     seen = dict(base)
     for o in sorted(overlaid):  # an older region the snapshot reads, and a newer one it must not
         old = store_mod.put_region(ovl, 3, -1, array("q", sorted(groups.get(o, []))))
@@ -557,7 +557,7 @@ def test_c_append_matches_set_semantics(
     i, n = 0, len(pairs) // 2
     while i < n:  # in steps of 3 edits: each call ends at a group boundary
         got, s, d, nxt = store_mod._packer.append(
-            ovl, ov, off, dat, nbase, 5, pairs.tobytes(), 7, chunk, i, 3
+            ovl, ov.shards, off, dat, nbase, 5, pairs.tobytes(), 7, chunk, i, 3
         )
         assert nxt > i and (nxt == n or pairs[2 * nxt] != pairs[2 * nxt - 2])
         refs, size, net, i = refs + got, size + s, net + d, nxt
@@ -707,22 +707,28 @@ def test_c_carry_matches_the_python_one(
 
     assert store_mod._packer is not None
     ovl = [array("q")]
-    ov: dict[int, int] = {}
+    ov = store_mod.Overlay()
     for oid, versions in groups.items():  # older regions first, each linking the previous
         for ver, entries in sorted(versions):
             ov[oid] = store_mod.put_region(ovl, ver, ov.get(oid, -1), array("q", sorted(entries)))
     oids = sorted(ov)
 
-    def fresh() -> tuple[dict[int, int], list[array[int]]]:
-        return {}, [array("q")]
+    def fresh() -> tuple[store_mod.Overlay, list[array[int]]]:
+        return store_mod.Overlay(), [array("q")]
+
+    def c_carry(oids: list[int], new_ov: store_mod.Overlay, new_ovl: list[array[int]]) -> int:
+        return store_mod._packer.carry(ov.shards, ovl, oids, since, chunk, new_ov.shards, new_ovl)
+
+    def py_carry(oids: list[int], new_ov: store_mod.Overlay, new_ovl: list[array[int]]) -> int:
+        return store_mod._carry(ov, ovl, oids, since, chunk, new_ov, new_ovl)
 
     c_ov, c_ovl = fresh()
-    c_size = store_mod._packer.carry(ov, ovl, oids, since, chunk, c_ov, c_ovl)
+    c_size = c_carry(oids, c_ov, c_ovl)
     monkey = store_mod._CHUNK
     p_ov, p_ovl = fresh()
     try:
         store_mod._CHUNK = chunk  # the Python one appends through _chunk_for
-        p_size = store_mod._carry(ov, ovl, oids, since, chunk, p_ov, p_ovl)
+        p_size = py_carry(oids, p_ov, p_ovl)
     finally:
         store_mod._CHUNK = monkey
     assert c_size == p_size
@@ -740,32 +746,32 @@ def test_c_carry_matches_the_python_one(
     # the GIL between calls): the same overlay, chunk for chunk, in C and in Python.
     for cut in {0, len(oids) // 3, len(oids) // 2, len(oids)}:
         s_ov, s_ovl = fresh()
-        s_size = store_mod._packer.carry(ov, ovl, oids[:cut], since, chunk, s_ov, s_ovl)
-        more = store_mod._packer.carry(ov, ovl, oids[cut:], since, chunk, s_ov, s_ovl)
-        assert (s_ov, s_size + more) == (c_ov, c_size)
+        s_size = c_carry(oids[:cut], s_ov, s_ovl)
+        more = c_carry(oids[cut:], s_ov, s_ovl)
+        assert (s_ov.as_dict(), s_size + more) == (c_ov.as_dict(), c_size)
         assert [x.tolist() for x in s_ovl] == [x.tolist() for x in c_ovl]
         try:
             store_mod._CHUNK = chunk
             q_ov, q_ovl = fresh()
-            q_size = store_mod._carry(ov, ovl, oids[:cut], since, chunk, q_ov, q_ovl)
-            more = store_mod._carry(ov, ovl, oids[cut:], since, chunk, q_ov, q_ovl)
+            q_size = py_carry(oids[:cut], q_ov, q_ovl)
+            more = py_carry(oids[cut:], q_ov, q_ovl)
         finally:
             store_mod._CHUNK = monkey
-        assert (q_ov, q_size + more) == (p_ov, p_size)
+        assert (q_ov.as_dict(), q_size + more) == (p_ov.as_dict(), p_size)
         assert [x.tolist() for x in q_ovl] == [x.tolist() for x in p_ovl]
     # Oids repeated (the deltas' record of what they changed has one per delta): each group
     # is carried once, where it first appears.
     again = oids + oids[::-1] + oids[::2]
     for cut in {0, len(again) // 3, len(again)}:
-        for carry in (store_mod._packer.carry, store_mod._carry):
+        for carry in (c_carry, py_carry):
             try:
                 store_mod._CHUNK = chunk
                 r_ov, r_ovl = fresh()
-                r_size = carry(ov, ovl, again[:cut], since, chunk, r_ov, r_ovl)
-                more = carry(ov, ovl, again[cut:], since, chunk, r_ov, r_ovl)
+                r_size = carry(again[:cut], r_ov, r_ovl)
+                more = carry(again[cut:], r_ov, r_ovl)
             finally:
                 store_mod._CHUNK = monkey
-            assert (r_ov, r_size + more) == (c_ov, c_size)
+            assert (r_ov.as_dict(), r_size + more) == (c_ov.as_dict(), c_size)
             assert [x.tolist() for x in r_ovl] == [x.tolist() for x in c_ovl]
 
 
@@ -889,10 +895,10 @@ def test_a_replaced_base_is_freed_in_slices_once_no_snapshot_reads_it(
     store.apply(Delta.of([f"fund:f{i}#editor@user:u9" for i in range(5)]))
     assert store.wait_compacted(10) and store.compactions == 1
     assert held.f_dat is not store.current.f_dat
-    dicts = (dict(held.f_ov), dict(held.r_ov))  # shared with the deltas after it
+    dicts = (held.f_ov.as_dict(), held.r_ov.as_dict())  # shared with the deltas after it
     time.sleep(0.1)  # the reaper waits: `held` still reads the old base and overlay
     assert [len(a) for a in (held.f_dat, held.r_dat, held.f_off, held.r_off)] == sizes
-    assert (held.f_ov, held.r_ov) == dicts
+    assert (held.f_ov.as_dict(), held.r_ov.as_dict()) == dicts
     assert (held.overlay(True), held.overlay(False)) == visible
     assert sorted(held.tuples()) == before
     del held
@@ -907,10 +913,11 @@ def test_a_replaced_base_is_freed_in_slices_once_no_snapshot_reads_it(
     assert sorted(store.current.tuples()) == want
 
 
-def test_reap_cuts_arrays_and_dicts_a_slice_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reap_cuts_arrays_and_overlays_a_slice_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the reaper holds alone is freed in steps, each holding the writers' turn: a large
-    array's pages go back to the OS `_REAP_STEP` entries at a time, a dict is emptied 1/32 of
-    that at a time; a small array is freed whole, and what something else holds is left."""
+    array's pages go back to the OS `_REAP_STEP` entries at a time, an overlay's dicts go
+    `_REAP_SHARDS` at a time; a small array is freed whole, and what something else holds is
+    left."""
     from array import array
 
     assert store_mod._packer is not None
@@ -927,24 +934,27 @@ def test_reap_cuts_arrays_and_dicts_a_slice_at_a_time(monkeypatch: pytest.Monkey
             released.append((start, stop))
             real.release(arr, start, stop)
 
-    class Dict(dict):  # type: ignore[type-arg]
-        def popitem(self) -> tuple[object, object]:
+    class Shards(list):  # type: ignore[type-arg]
+        def __delitem__(self, at: object) -> None:
             assert store._turn.locked()
-            pops.append(1)
-            return super().popitem()
+            cuts.append(len(self))
+            super().__delitem__(at)  # type: ignore[index]
 
-    pops: list[int] = []
+    cuts: list[int] = []
+    ov = store_mod.Overlay((i, i) for i in range(5000))
+    ov.shards = Shards(ov.shards)
     monkeypatch.setattr(store_mod, "_packer", Packer())
     monkeypatch.setattr(store_mod, "_REAP_STEP", 1 << 16)
     monkeypatch.setattr(store_mod, "_REAP_WAIT", 0.2)
     big = array("q", range(300_000))  # 2.4 MB
     kept = array("q", range(500))
-    old: list[object] = [big, array("q", range(1000)), Dict((i, i) for i in range(5000)), kept]
-    del big
+    old: list[object] = [big, array("q", range(1000)), ov, kept]
+    del big, ov
     store._reap(old)  # type: ignore[arg-type]
     assert old == []
     assert released == [(lo, min(lo + (1 << 16), 300_000)) for lo in range(0, 300_000, 1 << 16)]
-    assert len(pops) == 2 * 2048  # 5,000 -> 2,952 -> 904: at most one step left, freed whole
+    step = store_mod._REAP_SHARDS
+    assert cuts == list(range(store_mod._SHARD_MASK + 1, 0, -step))
     assert len(kept) == 500 and kept[-1] == 499  # held here: waited for, never touched
 
 

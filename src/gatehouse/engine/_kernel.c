@@ -53,7 +53,7 @@ typedef struct {
     const uint32_t *off;
     const int64_t *dat;
     Py_ssize_t ndat;
-    PyObject *ov, *ovl; /* borrowed: the run holds the snapshot */
+    PyObject *ov, *ovl; /* borrowed: the run holds the snapshot; ov is Overlay.shards */
     int64_t n;
 } View;
 
@@ -268,7 +268,15 @@ static int group(const View *v, int64_t ver, int64_t oid, const int64_t **arr, P
     PyObject *key = PyLong_FromLongLong(oid);
     if (!key)
         return -1;
-    PyObject *ref = PyDict_GetItemWithError(v->ov, key);
+    /* the overlay's shards: 2^k dicts (k checked when bound), picked by the oid's low bits */
+    Py_ssize_t ns = PyList_GET_SIZE(v->ov);
+    PyObject *d = ns > 0 ? PyList_GET_ITEM(v->ov, oid & (ns - 1)) : NULL;
+    if (!d || !PyDict_Check(d)) {
+        Py_DECREF(key);
+        PyErr_SetString(PyExc_TypeError, "kernel: an overlay shard is not a dict");
+        return -1;
+    }
+    PyObject *ref = PyDict_GetItemWithError(d, key);
     Py_DECREF(key);
     if (!ref && PyErr_Occurred())
         return -1;
@@ -716,11 +724,14 @@ static int bind_index(Index *x, PyObject *snap, char c)
         return -1;
     x->have_buf = 1;
     PyOS_snprintf(name, sizeof name, "%c_ov", c);
-    x->ov = PyObject_GetAttrString(snap, name);
+    PyObject *ov = PyObject_GetAttrString(snap, name);
+    x->ov = ov ? PyObject_GetAttrString(ov, "shards") : NULL;
+    Py_XDECREF(ov);
     PyOS_snprintf(name, sizeof name, "%c_ovl", c);
     x->ovl = x->ov ? PyObject_GetAttrString(snap, name) : NULL;
     PyOS_snprintf(name, sizeof name, "n%c", c);
-    if (!x->ov || !x->ovl || !PyDict_Check(x->ov) || !PyList_Check(x->ovl) ||
+    Py_ssize_t ns = x->ov && PyList_Check(x->ov) ? PyList_GET_SIZE(x->ov) : 0;
+    if (!x->ov || !x->ovl || ns < 1 || (ns & (ns - 1)) || !PyList_Check(x->ovl) ||
         attr_i64(snap, name, &x->n) < 0) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_TypeError, "kernel: not a snapshot");

@@ -182,6 +182,19 @@ static int flush(PyObject *c, const int64_t *out, Py_ssize_t n)
     return r ? 0 : -1;
 }
 
+/* The dict of an overlay's `shards` (Overlay.shards: a list of 2^k dicts, picked by the
+ * oid's low k bits) that holds `oid`: borrowed, or NULL with an exception set. */
+static PyObject *shard_of(PyObject *shards, long long oid)
+{
+    Py_ssize_t n = PyList_Check(shards) ? PyList_GET_SIZE(shards) : 0;
+    PyObject *d = n > 0 && !(n & (n - 1)) ? PyList_GET_ITEM(shards, oid & (n - 1)) : NULL;
+    if (!d || !PyDict_Check(d)) {
+        PyErr_SetString(PyExc_TypeError, "overlay shards: not a list of 2^k dicts");
+        return NULL;
+    }
+    return d;
+}
+
 /* The region `ref` (chunk << 32 | start) of the overlay chunks `ovl`: *b holds its chunk's
  * buffer (the caller releases it), *region points at its header [version, prev, n].
  * Returns 0, or -1 with an exception set (and nothing held). */
@@ -205,7 +218,7 @@ static int open_region(PyObject *ovl, long long ref, Py_buffer *b, const int64_t
     return 0;
 }
 
-/* append(ovl, ov, off, dat, nbase, cur, edits, ver, chunk, start, step)
+/* append(ovl, shards, off, dat, nbase, cur, edits, ver, chunk, start, step)
  *   -> (refs, entries, net, next):
  * GraphStore.apply's writes to one index, from edit `start` on. `edits` are as edits()
  * makes them. Each object's group is read as the snapshot at version `cur` sees it (the
@@ -219,11 +232,11 @@ static int open_region(PyObject *ovl, long long ref, Py_buffer *b, const int64_t
  * hold unreferenced regions: unreachable, as nothing was linked. */
 static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 11 || !PyList_Check(args[0]) || !PyDict_Check(args[1]) ||
+    if (nargs != 11 || !PyList_Check(args[0]) || !PyList_Check(args[1]) ||
         !PyBytes_Check(args[6]) || PyBytes_GET_SIZE(args[6]) % 16 ||
         PyList_GET_SIZE(args[0]) < 1) {
         PyErr_SetString(PyExc_TypeError,
-                        "append(ovl: list, ov: dict, off, dat, nbase, cur, edits: bytes, ver, "
+                        "append(ovl: list, shards: list, off, dat, nbase, cur, edits: bytes, ver, "
                         "chunk, start, step)");
         return NULL;
     }
@@ -275,7 +288,8 @@ static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t na
         if (!obj)
             goto done;
         /* the group as the snapshot at `cur` reads it */
-        PyObject *ref = PyDict_GetItemWithError(ov, obj);
+        PyObject *d = shard_of(ov, oid);
+        PyObject *ref = d ? PyDict_GetItemWithError(d, obj) : NULL;
         if (!ref && PyErr_Occurred()) {
             Py_DECREF(obj);
             goto done;
@@ -408,15 +422,16 @@ static PyObject *pack_find(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromLongLong(oid);
 }
 
-/* visible(ov, ovl, oids, ver) -> (bytes of (oid, ref) int64 pairs, entries): for each of
- * `oids`, the newest region of its group (ref into the chunks `ovl`, through `ov`) not
+/* visible(shards, ovl, oids, ver) -> (bytes of (oid, ref) int64 pairs, entries): for each
+ * of `oids`, the newest region of its group (ref into the chunks `ovl`, through the overlay
+ * `shards`) not
  * newer than version `ver`, if any: what a snapshot at `ver` reads from the overlay instead
  * of the base; and the entries of those regions. One step of a compaction: the caller
  * passes a slice of the overlay's keys. */
 static PyObject *pack_visible(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyDict_Check(args[0]) || !PyList_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "visible(ov: dict, ovl: list, oids, ver)");
+    if (nargs != 4 || !PyList_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "visible(shards: list, ovl: list, oids, ver)");
         return NULL;
     }
     long long ver = PyLong_AsLongLong(args[3]);
@@ -429,7 +444,8 @@ static PyObject *pack_visible(PyObject *mod, PyObject *const *args, Py_ssize_t n
     long long entries = 0;
     while ((oid = PyIter_Next(it))) {
         long long o = PyLong_AsLongLong(oid);
-        PyObject *ref = o == -1 && PyErr_Occurred() ? NULL : PyDict_GetItemWithError(args[0], oid);
+        PyObject *d = o == -1 && PyErr_Occurred() ? NULL : shard_of(args[0], o);
+        PyObject *ref = d ? PyDict_GetItemWithError(d, oid) : NULL;
         Py_DECREF(oid);
         long long r = ref ? PyLong_AsLongLong(ref) : -1;
         if (!ref || (r == -1 && PyErr_Occurred())) {
@@ -859,33 +875,22 @@ static PyObject *pack_warm(PyObject *mod, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* presized(n) -> an empty dict with room for n entries. An overlay dict that grows by
- * doubling rebuilds its table, in fresh pages, in one call holding the GIL: ~2 ms at 2^16
- * entries here (page faults cost ~2 us each). One sized for the most the overlay holds
- * before a compaction never does. */
-static PyObject *pack_presized(PyObject *mod, PyObject *arg)
-{
-    Py_ssize_t n = PyLong_AsSsize_t(arg);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
-    return _PyDict_NewPresized(n < 0 ? 0 : n);
-}
-
-/* carry(ov, ovl, oids, since, chunk, new_ov, new_ovl) -> entries: fills the overlay new_ov
- * / new_ovl (a dict, and a list of at least one chunk) with the newest region of each group
- * of `oids` (references through `ov` into the chunks `ovl`) that is newer than version
+/* carry(shards, ovl, oids, since, chunk, new_shards, new_ovl) -> entries: fills the overlay
+ * new_shards / new_ovl (Overlay.shards, and a list of at least one chunk) with the newest
+ * region of each group of `oids` (references through `shards` into the chunks `ovl`) that
+ * is newer than version
  * `since`, as its only region (prev -1), in chunks of at most `chunk` entries (one region
  * may exceed it alone); returns the entries written. The caller carries many groups in
- * several short calls into the same overlay. An oid already in `new_ov` is skipped (the
+ * several short calls into the same overlay. An oid already in `new_shards` is skipped (the
  * deltas' record of what they changed repeats oids). What a compaction keeps of the deltas
  * that landed while it ran; the caller holds the write lock. */
 static PyObject *pack_carry(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7 || !PyDict_Check(args[0]) || !PyList_Check(args[1]) ||
-        PyList_GET_SIZE(args[1]) < 1 || !PyDict_Check(args[5]) || !PyList_Check(args[6]) ||
+    if (nargs != 7 || !PyList_Check(args[0]) || !PyList_Check(args[1]) ||
+        PyList_GET_SIZE(args[1]) < 1 || !PyList_Check(args[5]) || !PyList_Check(args[6]) ||
         PyList_GET_SIZE(args[6]) < 1) {
         PyErr_SetString(PyExc_TypeError,
-                        "carry(ov: dict, ovl: list, oids, since, chunk, new_ov: dict, "
+                        "carry(shards: list, ovl: list, oids, since, chunk, new_shards: list, "
                         "new_ovl: list)");
         return NULL;
     }
@@ -904,14 +909,18 @@ static PyObject *pack_carry(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         goto done;
     PyObject *oid;
     while ((oid = PyIter_Next(it))) {
-        int seen = PyDict_Contains(new_ov, oid); /* oids may repeat: the first carries it */
+        long long o = PyLong_AsLongLong(oid);
+        PyObject *nd = o == -1 && PyErr_Occurred() ? NULL : shard_of(new_ov, o);
+        PyObject *d = nd ? shard_of(ov, o) : NULL;
+        /* oids may repeat: the first carries it */
+        int seen = d ? PyDict_Contains(nd, oid) : -1;
         if (seen) {
             Py_DECREF(oid);
             if (seen < 0)
                 goto done;
             continue;
         }
-        PyObject *ref = PyDict_GetItemWithError(ov, oid);
+        PyObject *ref = PyDict_GetItemWithError(d, oid);
         long long r = ref ? PyLong_AsLongLong(ref) : -1;
         if (!ref || (r == -1 && PyErr_Occurred())) {
             if (!PyErr_Occurred())
@@ -960,7 +969,7 @@ static PyObject *pack_carry(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         PyBuffer_Release(&b);
         out.n += L;
         PyObject *nref = PyLong_FromLongLong((long long)(PyList_GET_SIZE(new_ovl) - 1) << 32 | clen);
-        int bad = !nref || PyDict_SetItem(new_ov, oid, nref) < 0;
+        int bad = !nref || PyDict_SetItem(nd, oid, nref) < 0;
         Py_XDECREF(nref);
         Py_DECREF(oid);
         if (bad)
@@ -981,14 +990,14 @@ static PyMethodDef pack_methods[] = {
     {"build", (PyCFunction)(void (*)(void))pack_build, METH_FASTCALL,
      "build(keys, ents, off, dat) -> entries kept: a packed index from (object, entry) pairs"},
     {"append", (PyCFunction)(void (*)(void))pack_append, METH_FASTCALL,
-     "append(ovl, ov, off, dat, nbase, cur, edits, ver, chunk, start, step)"
+     "append(ovl, shards, off, dat, nbase, cur, edits, ver, chunk, start, step)"
      " -> (refs, entries, net, next)"},
     {"find", (PyCFunction)(void (*)(void))pack_find, METH_FASTCALL,
      "find(interner, name) -> the oid of name, or -1"},
     {"carry", (PyCFunction)(void (*)(void))pack_carry, METH_FASTCALL,
-     "carry(ov, ovl, oids, since, chunk, new_ov, new_ovl) -> entries written"},
+     "carry(shards, ovl, oids, since, chunk, new_shards, new_ovl) -> entries written"},
     {"visible", (PyCFunction)(void (*)(void))pack_visible, METH_FASTCALL,
-     "visible(ov, ovl, oids, ver) -> (bytes of (oid, ref) pairs a snapshot at ver reads, "
+     "visible(shards, ovl, oids, ver) -> (bytes of (oid, ref) pairs a snapshot at ver reads, "
      "their entries)"},
     {"sort_pairs", (PyCFunction)pack_sort_pairs, METH_O,
      "sort_pairs(pairs: array('q')): sort its (oid, ref) pairs by oid, GIL released"},
@@ -1002,8 +1011,6 @@ static PyMethodDef pack_methods[] = {
      "release(arr, start, stop): return the whole pages of arr[start:stop] to the OS"},
     {"warm", (PyCFunction)pack_warm, METH_O,
      "warm(nbytes): fault in and free nbytes of heap, GIL released"},
-    {"presized", (PyCFunction)pack_presized, METH_O,
-     "presized(n) -> an empty dict with room for n entries"},
     {"edits", (PyCFunction)pack_edits, METH_O,
      "edits(net) -> (forward, reverse): a delta's net changes as sorted edits per index"},
     {NULL, NULL, 0, NULL},

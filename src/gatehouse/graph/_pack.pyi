@@ -6,7 +6,7 @@ from typing import Any
 def build(keys: object, ents: object, off: object, dat: object, /) -> int: ...
 def append(
     ovl: list[Any],
-    ov: dict[int, int],
+    shards: list[dict[int, int]],
     off: object,
     dat: object,
     nbase: int,
@@ -24,18 +24,17 @@ LAYOUT: tuple[int, int, int, int]
 
 def find(interner: object, name: str, /) -> int: ...
 def carry(
-    ov: dict[int, int],
+    shards: list[dict[int, int]],
     ovl: list[Any],
     oids: Iterable[int],
     since: int,
     chunk: int,
-    new_ov: dict[int, int],
+    new_shards: list[dict[int, int]],
     new_ovl: list[Any],
     /,
 ) -> int: ...
-def presized(n: int, /) -> dict[int, int]: ...
 def visible(
-    ov: dict[int, int], ovl: list[Any], oids: Iterable[int], ver: int, /
+    shards: list[dict[int, int]], ovl: list[Any], oids: Iterable[int], ver: int, /
 ) -> tuple[bytes, int]: ...
 def sort_pairs(pairs: Any, /) -> None: ...
 def merge(

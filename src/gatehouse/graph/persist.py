@@ -16,7 +16,7 @@ import sys
 from array import array
 from typing import Any, BinaryIO
 
-from gatehouse.graph.store import _OFF, GraphStore, Interner, Snapshot, put_region
+from gatehouse.graph.store import _OFF, GraphStore, Interner, Overlay, Snapshot, put_region
 
 MAGIC = b"GHSNAP1\n"
 _DIGEST = 32
@@ -130,8 +130,12 @@ def load(store: GraphStore, data: bytes) -> tuple[Snapshot, dict[str, Any]]:
         r_off, r_dat = _arr(_OFF, section()), _arr("q", section())
         f_ovl: list[array[int]] = [array("q")]
         r_ovl: list[array[int]] = [array("q")]
-        f_ov = {int(o): put_region(f_ovl, 0, -1, _arr("q", section())) for o in header["f_overlay"]}
-        r_ov = {int(o): put_region(r_ovl, 0, -1, _arr("q", section())) for o in header["r_overlay"]}
+        f_ov = Overlay(
+            (int(o), put_region(f_ovl, 0, -1, _arr("q", section()))) for o in header["f_overlay"]
+        )
+        r_ov = Overlay(
+            (int(o), put_region(r_ovl, 0, -1, _arr("q", section()))) for o in header["r_overlay"]
+        )
         types = [str(t) for t in header["types"]]
         rels = [str(r) for r in header["relations"]]
         revision, count = int(header["revision"]), int(header["count"])

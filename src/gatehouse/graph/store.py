@@ -18,15 +18,16 @@ nothing for the garbage collector to traverse.
 So one relation's plain subjects, its usersets, or one (subject relation, relation) pair's
 resources are each a contiguous run found by two bisects inside one object's group.
 
-A snapshot is the packed base plus a versioned overlay for the objects changed since the
-base was packed. The overlay is shared by consecutive snapshots and only ever appended to:
-`ov` maps an oid to its newest region, a region is `[ver, prev, n, e0 .. e(n-1)]` inside one
-of the `ovl` chunk arrays (packed reference `chunk << 32 | start`), and `prev` points to the
-region it replaced (-1: the base). A snapshot reads the newest region whose `ver` is not newer
-than its own, so a delta publishes by adding regions and dict entries, never by copying the
-overlay: its cost is proportional to the delta alone, and no step holds the GIL for long.
-Every table here is an int dict or an array, so the garbage collector has nothing to
-traverse. Once the overlay grows, it is folded into a new packed base on a background thread.
+A snapshot is the packed base plus a versioned overlay for the objects changed since the base
+was packed. The overlay is shared by consecutive snapshots and only ever appended to: `ov` (an
+`Overlay`: 256 small dicts, picked by the oid's low bits) maps an oid to its newest region, a
+region is `[ver, prev, n, e0 .. e(n-1)]` inside one of the `ovl` chunk arrays (packed reference
+`chunk << 32 | start`), and `prev` points to the region it replaced (-1: the base). A snapshot
+reads the newest region whose `ver` is not newer than its own, so a delta publishes by adding
+regions and dict entries, never by copying the overlay: its cost is proportional to the delta
+alone, and no step holds the GIL for long. Every table here is an int dict or an array, so the
+garbage collector has nothing to traverse. Once the overlay grows, it is folded into a new
+packed base on a background thread.
 What a snapshot answers never changes after it is published, so readers need no locks.
 """
 
@@ -39,9 +40,9 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from itertools import repeat
+from itertools import chain, repeat
 from operator import add, itemgetter, sub
-from typing import TypeAlias
+from typing import TypeAlias, overload
 
 from gatehouse.graph.tuples import Delta, SubjectRef, Tuple, parse_tuple
 
@@ -66,19 +67,19 @@ R_STEP = 1 << R_REL
 RK_LOW = (1 << (2 * REL_BITS)) - 1
 _EMPTY: array[int] = array("q")
 _Index: TypeAlias = tuple[
-    "array[int]", "array[int]", "dict[int, int]", "list[array[int]]"
+    "array[int]", "array[int]", "Overlay", "list[array[int]]"
 ]  # offsets, entries, overlay refs, overlay chunks
 _CHUNK = 1 << 15  # overlay entries per chunk array (bounds each append's realloc copy)
 _STEP = 128  # edits per C call of a delta's writes (each call holds the GIL throughout)
 _GIVE_WAY = 0.05  # longest a background compaction step waits for a delta being applied
 # Entries whose pages go back to the OS per step of freeing a replaced base's array (~1 MB,
-# ~0.1 ms); a dict's steps pop 1/32 of that (4,096 groups, ~0.3 ms of freeing ints). Arrays
-# under `_REAP_MIN` bytes are freed whole.
+# ~0.1 ms); an overlay's steps free 16 of its dicts (~2,000-5,000 groups, ~0.3 ms of
+# freeing ints). Arrays under `_REAP_MIN` bytes are freed whole.
 _REAP_STEP = 1 << 17
+_REAP_SHARDS = 16
 _REAP_MIN = 1 << 21
 _REAP_WAIT = 30.0  # longest a compaction waits for readers to drop the replaced base
-# Heap faulted in (GIL released) before a compaction publishes: two presized overlay dicts
-# (~1.3 MB each at the limit) and the chunks the carry fills.
+# Heap faulted in (GIL released) before a compaction publishes: the chunks the carry fills.
 _WARM = 8 << 20
 _FE_BITS = 56  # forward and reverse entries fit in 56 bits (see the layout above)
 _FE_MASK = (1 << _FE_BITS) - 1
@@ -89,10 +90,75 @@ _OFF = "I"  # offsets: 4 bytes (an index holds at most 2**32 - 1 entries)
 _RUN = 1 << 14  # entries or objects per C call while repacking (bounds GIL hold time)
 _VISIBLE_STEP = 1 << 10  # overlay keys per C call finding what a snapshot reads (~0.2 ms)
 _CARRY_STEP = 1 << 8  # groups per C call of a compaction's carry (512 took up to ~1 ms at 10^6)
-# Overlay groups (both indexes) that trigger a compaction at most. Each overlay dict is
-# presized for the limit (`_presized`): its table is allocated and zeroed in one call, so
-# it must stay small enough to reuse heap pages (fresh ones cost ~0.9 ms per MB here).
+# Overlay groups (both indexes) that trigger a compaction at most: bounds a compaction's
+# work with the GIL held (finding the groups a snapshot reads, carrying the newer ones).
 _MAX_OVERLAY = 1 << 15
+# Dicts per overlay. A dict's table is made, doubled and freed in single calls holding the
+# GIL, ~1 ms per MB of fresh pages here: one dict of 2^15 groups (a 1.3 MB table) stalled
+# readers for milliseconds at each. Split 256 ways, tables stay at tens of KB.
+_SHARD_BITS = 8
+_SHARD_MASK = (1 << _SHARD_BITS) - 1
+
+
+class Overlay:
+    """An overlay's map of oid -> newest region ref, split by the oid's low `_SHARD_BITS`
+    bits across `shards`, small int dicts that the C code reads directly.
+
+    A writer only adds keys or repoints them (under the store's write lock); readers read
+    lock-free, as with one dict. `keys()` and `items()` copy all shards in one C call, so
+    a writer cannot change them mid-copy."""
+
+    __slots__ = ("shards",)
+
+    def __init__(self, items: Iterable[tuple[int, int]] = ()) -> None:
+        self.shards: list[dict[int, int]] = [{} for _ in range(_SHARD_MASK + 1)]
+        self.update(items)
+
+    @overload
+    def get(self, oid: int) -> int | None: ...
+    @overload
+    def get(self, oid: int, default: int) -> int: ...
+    def get(self, oid: int, default: int | None = None) -> int | None:
+        return self.shards[oid & _SHARD_MASK].get(oid, default)
+
+    def __getitem__(self, oid: int) -> int:
+        return self.shards[oid & _SHARD_MASK][oid]
+
+    def __setitem__(self, oid: int, ref: int) -> None:
+        self.shards[oid & _SHARD_MASK][oid] = ref
+
+    def __contains__(self, oid: object) -> bool:
+        return isinstance(oid, int) and oid in self.shards[oid & _SHARD_MASK]
+
+    def __len__(self) -> int:
+        return sum(map(len, self.shards))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.keys())
+
+    def keys(self) -> list[int]:
+        return list(chain.from_iterable(self.shards))
+
+    def items(self) -> list[tuple[int, int]]:
+        return list(chain.from_iterable(d.items() for d in self.shards))
+
+    def update(self, items: Iterable[tuple[int, int]]) -> None:
+        shards = self.shards
+        for oid, ref in items:
+            shards[oid & _SHARD_MASK][oid] = ref
+
+    def pop(self, oid: int, default: int | None = None) -> int | None:
+        return self.shards[oid & _SHARD_MASK].pop(oid, default)
+
+    def as_dict(self) -> dict[int, int]:
+        return dict(self.items())
+
+    def nbytes(self) -> int:
+        """Bytes of the dicts, their keys and their values."""
+        return sys.getsizeof(self.shards) + sum(
+            sys.getsizeof(d) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in d.items())
+            for d in self.shards
+        )
 
 
 class DeltaError(ValueError):
@@ -336,9 +402,9 @@ class Snapshot:
         """The groups this snapshot reads from the overlay rather than the base."""
         ov, ovl = (self.f_ov, self.f_ovl) if forward else (self.r_ov, self.r_ovl)
         out = {}
-        # Copy the keys first (one short C call): the writer may add some meanwhile, but
-        # never removes one from a dict a snapshot reads.
-        for oid in list(ov):
+        # Iterating copies the keys first (one short C call): the writer may add some
+        # meanwhile, but never removes one from an overlay a snapshot reads.
+        for oid in ov:
             got = region(ovl, ov[oid], self.ver)
             if got is not None:
                 out[oid] = got
@@ -400,7 +466,7 @@ class Snapshot:
     def tuples(self) -> Iterator[str]:
         """Every tuple as text, in no particular order (for persistence and hashing)."""
         it = self.interner
-        for oid in range(max(self.nf, max(list(self.f_ov), default=-1) + 1)):
+        for oid in range(max(self.nf, max(self.f_ov.keys(), default=-1) + 1)):
             arr, lo, hi = self.fblock(oid)
             if lo == hi:
                 continue
@@ -415,10 +481,7 @@ class Snapshot:
         total = 0
         for a in (self.f_off, self.f_dat, self.r_off, self.r_dat, *self.f_ovl, *self.r_ovl):
             total += sys.getsizeof(a)
-        for ov in (self.f_ov, self.r_ov):
-            total += sys.getsizeof(ov)
-            total += sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in list(ov.items()))
-        return total
+        return total + self.f_ov.nbytes() + self.r_ov.nbytes()
 
 
 class GraphStore:
@@ -514,11 +577,10 @@ class GraphStore:
                 f_off, f_dat, r_off, r_dat = _load_groups(it, tuples)
             self._ver += 1
             self._ov_size = 0
-            room = self._overlay_limit(len(f_off) - 1, len(r_off) - 1)
             snap = Snapshot(
                 it,
-                (f_off, f_dat, _presized(room), [array("q")]),
-                (r_off, r_dat, _presized(room), [array("q")]),
+                (f_off, f_dat, Overlay(), [array("q")]),
+                (r_off, r_dat, Overlay(), [array("q")]),
                 revision,
                 len(f_dat),
                 self._ver,
@@ -632,15 +694,15 @@ class GraphStore:
         old = self._compact(box.pop())
         self._reap(old)
 
-    def _reap(self, old: list[array[int] | dict[int, int]]) -> None:
-        """Free the replaced base's arrays and overlay dicts a slice at a time, each slice
+    def _reap(self, old: list[array[int] | Overlay]) -> None:
+        """Free the replaced base's arrays and overlays a slice at a time, each slice
         holding the turn.
 
         Freed whole, an array is unmapped in one call with the GIL held: ~0.09 ms per MB
         here, ~7 ms for one array at 10^7 tuples. So its pages go back to the OS a slice at
         a time first (`_pack.release`; cutting the array by slices would not do: each cut
-        reallocates it whole). A dict of 2^15 groups frees its keys and values one by one,
-        ~1.5 ms, so it is emptied a slice at a time. It waits (up to `_REAP_WAIT` seconds)
+        reallocates it whole). An overlay of 2^15 groups frees its keys and values one by
+        one, ~1.5 ms, so its dicts go a few at a time. It waits (up to `_REAP_WAIT` seconds)
         until `old` holds the last reference to each: snapshots read by readers keep theirs,
         and nothing that is still read is touched. Past that it lets go, and the last holder
         frees the rest whole."""
@@ -654,12 +716,11 @@ class GraphStore:
                     continue
                 item = old.pop(free[0])
                 with _Switch(self.switch_interval):
-                    if isinstance(item, dict):
-                        step = _REAP_STEP >> 5
-                        while len(item) > step:
+                    if isinstance(item, Overlay):
+                        shards = item.shards
+                        while shards:
                             with self._reap_step():
-                                for _ in range(step):
-                                    item.popitem()
+                                del shards[-_REAP_SHARDS:]
                     elif _packer is not None and len(item) * item.itemsize >= _REAP_MIN:
                         for lo in range(0, len(item), _REAP_STEP):
                             with self._reap_step():
@@ -675,10 +736,10 @@ class GraphStore:
         with self._turn:
             yield
 
-    def _compact(self, snap: Snapshot, locked: bool = False) -> list[array[int] | dict[int, int]]:
+    def _compact(self, snap: Snapshot, locked: bool = False) -> list[array[int] | Overlay]:
         """Fold `snap`'s overlay into a new packed base and publish it over `current`; the
         replaced base's arrays (none if nothing was published)."""
-        old: list[array[int] | dict[int, int]] = []
+        old: list[array[int] | Overlay] = []
         try:
             with _Switch(self.switch_interval):
                 n = len(self.interner.names)
@@ -745,9 +806,8 @@ class GraphStore:
         # reader of the new snapshot is at least as new as all of them. The deltas since
         # recorded which (under this lock): the carry is what they changed, not the overlay.
         f_dirty, r_dirty = self._dirty or (array("q"), array("q"))
-        room = self._overlay_limit(len(f[0]) - 1, len(r[0]) - 1)
-        f_ov, f_ovl, f_size = _carry_steps(cur.f_ov, cur.f_ovl, f_dirty, snap.ver, room)
-        r_ov, r_ovl, r_size = _carry_steps(cur.r_ov, cur.r_ovl, r_dirty, snap.ver, room)
+        f_ov, f_ovl, f_size = _carry_steps(cur.f_ov, cur.f_ovl, f_dirty, snap.ver)
+        r_ov, r_ovl, r_size = _carry_steps(cur.r_ov, cur.r_ovl, r_dirty, snap.ver)
         self._ov_size = f_size + r_size
         self._publish(
             Snapshot(
@@ -827,7 +887,7 @@ def _same(cur: Snapshot, revision: int) -> Snapshot:
 
 
 def _empty_index() -> _Index:
-    return array(_OFF, [0]), array("q"), {}, [array("q")]
+    return array(_OFF, [0]), array("q"), Overlay(), [array("q")]
 
 
 def put_region(ovl: list[array[int]], ver: int, prev: int, group: array[int]) -> int:
@@ -857,7 +917,7 @@ def _chunk_for(ovl: list[array[int]], n: int) -> array[int]:
 
 def _append_c(
     ovl: list[array[int]],
-    ov: dict[int, int],
+    ov: Overlay,
     off: array[int],
     dat: array[int],
     nbase: int,
@@ -871,7 +931,9 @@ def _append_c(
     size = net = i = 0
     n = len(edits) >> 4
     while i < n:
-        got, s, d, i = _packer.append(ovl, ov, off, dat, nbase, cur, edits, ver, _CHUNK, i, _STEP)
+        got, s, d, i = _packer.append(
+            ovl, ov.shards, off, dat, nbase, cur, edits, ver, _CHUNK, i, _STEP
+        )
         refs += got
         size += s
         net += d
@@ -906,7 +968,7 @@ def _apply_py(
 
 def _append(
     ovl: list[array[int]],
-    ov: dict[int, int],
+    ov: Overlay,
     block: Callable[[int], tuple[array[int], int, int]],
     changes: list[int],
     ver: int,
@@ -949,18 +1011,18 @@ def _append(
 
 
 def _link(
-    f_ov: dict[int, int],
+    f_ov: Overlay,
     f_refs: list[tuple[int, int]],
-    r_ov: dict[int, int],
+    r_ov: Overlay,
     r_refs: list[tuple[int, int]],
 ) -> None:
-    """Point the overlay dicts at the new regions; all of them, or (on any error) none."""
-    undo: list[tuple[dict[int, int], list[int], list[int | None]]] = []
+    """Point the overlays at the new regions; all of them, or (on any error) none."""
+    undo: list[tuple[Overlay, list[int], list[int | None]]] = []
     try:
         for ov, refs in ((f_ov, f_refs), (r_ov, r_refs)):
             oids = list(map(itemgetter(0), refs))
             undo.append((ov, oids, list(map(ov.get, oids))))
-            ov.update(refs)  # one C loop: a delta links thousands of groups
+            ov.update(refs)
     except BaseException:
         for ov, oids, olds in reversed(undo):
             for oid, old in zip(oids, olds, strict=True):
@@ -972,35 +1034,28 @@ def _link(
 
 
 def _carry_steps(
-    ov: dict[int, int], ovl: list[array[int]], todo: array[int], since: int, room: int
-) -> tuple[dict[int, int], list[array[int]], int]:
-    """`_carry` of many groups into a fresh overlay (its dict sized for `room` groups), in
-    calls of at most `_CARRY_STEP` oids each: readers sharing the GIL get it between two
-    calls (the write lock, held throughout, keeps deltas out)."""
-    carry = _carry if _packer is None else _packer.carry
-    new_ov, new_ovl, size = _presized(room), [array("q")], 0
+    ov: Overlay, ovl: list[array[int]], todo: array[int], since: int
+) -> tuple[Overlay, list[array[int]], int]:
+    """`_carry` of many groups into a fresh overlay, in calls of at most `_CARRY_STEP` oids
+    each: readers sharing the GIL get it between two calls (the write lock, held
+    throughout, keeps deltas out)."""
+    new_ov, new_ovl, size = Overlay(), [array("q")], 0
     for i in range(0, len(todo), _CARRY_STEP):
-        size += carry(ov, ovl, todo[i : i + _CARRY_STEP], since, _CHUNK, new_ov, new_ovl)
+        part = todo[i : i + _CARRY_STEP]
+        if _packer is None:
+            size += _carry(ov, ovl, part, since, _CHUNK, new_ov, new_ovl)
+        else:
+            size += _packer.carry(ov.shards, ovl, part, since, _CHUNK, new_ov.shards, new_ovl)
     return new_ov, new_ovl, size
 
 
-def _presized(limit: int) -> dict[int, int]:
-    """An empty overlay dict with room for `limit` groups: one index's share of an overlay
-    that compacts at `limit`, plus what the deltas add while a compaction runs (at 10^7
-    tuples, dozens of deltas). It seldom grows, which rebuilds its table in one call holding
-    the GIL. For 2^15 that is a 2^16-slot table (~1.3 MB): under the mmap threshold of
-    `map_large_allocations`, so its heap pages are reused from one compaction to the next
-    instead of being faulted in afresh (~0.9 ms per MB here)."""
-    return {} if _packer is None else _packer.presized(limit)
-
-
 def _carry(
-    ov: dict[int, int],
+    ov: Overlay,
     ovl: list[array[int]],
     oids: Iterable[int],
     since: int,
     chunk: int,
-    new_ov: dict[int, int],
+    new_ov: Overlay,
     new_ovl: list[array[int]],
 ) -> int:
     """Fill the overlay `new_ov`/`new_ovl` with the newest region of each group of `oids`
@@ -1142,13 +1197,13 @@ def _repack(
         return _repack_py(off, dat, snap.overlay(forward), n, wait)
     # Deltas between two steps only add keys and regions (and never to a key listed here
     # a region the snapshot reads), so the pairs stay what `snap` reads.
-    keys = list(ov)
+    keys = ov.keys()
     pairs = array("q")
     entries = 0
     for i in range(0, len(keys), _VISIBLE_STEP):
         if wait is not None:
             wait()
-        got, k = _packer.visible(ov, ovl, keys[i : i + _VISIBLE_STEP], snap.ver)
+        got, k = _packer.visible(ov.shards, ovl, keys[i : i + _VISIBLE_STEP], snap.ver)
         pairs.frombytes(got)
         entries += k
     del keys
