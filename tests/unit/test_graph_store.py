@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -186,24 +186,41 @@ def test_a_delta_that_fails_half_written_stays_invisible(
 
 def test_link_is_all_or_nothing() -> None:
     """Linking a delta's regions fails as a whole: the forward links already made are
-    undone when the reverse ones fail partway."""
+    undone when the reverse ones fail."""
     from gatehouse.graph import store as store_mod
 
     class Failing(store_mod.Overlay):
-        def update(self, items: Iterable[tuple[int, int]]) -> None:
-            pairs = list(items)
-            for oid, ref in pairs[: len(pairs) // 2]:
-                self[oid] = ref
-            if pairs:  # not while constructed empty
-                raise MemoryError("simulated")
+        def link(self, refs: list[tuple[int, int]]) -> list[int | None]:
+            raise MemoryError("simulated")
 
     f_ov = store_mod.Overlay([(1, 10), (2, 20)])
-    r_ov = Failing()
-    r_ov[5] = 50
+    r_ov = Failing([(5, 50)])
     with pytest.raises(MemoryError):
-        store_mod._link(f_ov, [(2, 21), (3, 31)], r_ov, [(5, 51), (6, 61), (7, 71)])
+        store_mod._link(f_ov, [(2, 21), (3, 31), (2, 22)], r_ov, [(5, 51), (6, 61)])
     assert f_ov.as_dict() == {1: 10, 2: 20}
     assert r_ov.as_dict() == {5: 50}
+
+
+@pytest.mark.parametrize("in_c", [True, False])
+def test_overlay_link_fails_whole_on_a_bad_pair(
+    in_c: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad pair partway (here a ref that is not a pair, after repeated oids) raises and
+    leaves the overlay as it was, in C and in Python."""
+    from gatehouse.graph import store as store_mod
+
+    if not in_c:
+        monkeypatch.setattr(store_mod, "_packer", None)
+    elif store_mod._packer is None:
+        pytest.skip("no C packer")
+    ov = store_mod.Overlay([(1, 10), (257, 20)])  # 1 and 257 share a dict
+    before = ov.as_dict()
+    good = [(257, 21), (3, 31), (257, 22), (1, 11)]
+    with pytest.raises((TypeError, ValueError)):
+        ov.link([*good, (4,)])  # type: ignore[list-item]
+    assert ov.as_dict() == before
+    assert ov.link(good) == [20, None, 21, 10]
+    assert ov.as_dict() == {1: 11, 257: 22, 3: 31}
 
 
 def test_background_compaction_gives_way_to_a_delta_but_is_not_starved(

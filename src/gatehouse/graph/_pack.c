@@ -986,6 +986,58 @@ done:
     return result;
 }
 
+/* link(shards, refs) -> olds: points the overlay `shards` (Overlay.shards) at each (oid,
+ * ref) of the list `refs`, in order; returns what each oid held before (None: absent). All
+ * or nothing: on an error it restores what it changed, then raises. One call per index of a
+ * delta (~1,000 groups, ~0.1 ms): a Python loop over the shards took ~1 ms. */
+static PyObject *pack_link(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "link(shards: list, refs: list)");
+        return NULL;
+    }
+    PyObject *refs = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(refs), i = 0;
+    PyObject *olds = PyList_New(n);
+    if (!olds)
+        return NULL;
+    for (; i < n; i++) {
+        PyObject *pair = PyList_GET_ITEM(refs, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "link: refs must be (oid, ref) pairs");
+            break;
+        }
+        PyObject *oid = PyTuple_GET_ITEM(pair, 0), *ref = PyTuple_GET_ITEM(pair, 1);
+        long long o = PyLong_AsLongLong(oid);
+        PyObject *d = o == -1 && PyErr_Occurred() ? NULL : shard_of(args[0], o);
+        if (!d)
+            break;
+        PyObject *old = PyDict_GetItemWithError(d, oid);
+        if (!old && PyErr_Occurred())
+            break;
+        PyList_SET_ITEM(olds, i, Py_NewRef(old ? old : Py_None));
+        if (PyDict_SetItem(d, oid, ref) < 0)
+            break;
+    }
+    if (i == n)
+        return olds;
+    /* undo, newest first (an oid may repeat), keeping the error being raised */
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    for (Py_ssize_t k = i; k >= 0; k--) {
+        PyObject *old = k < n ? PyList_GET_ITEM(olds, k) : NULL;
+        if (!old)
+            continue; /* the failing pair, if it failed before its old was read */
+        PyObject *oid = PyTuple_GET_ITEM(PyList_GET_ITEM(refs, k), 0);
+        PyObject *d = shard_of(args[0], PyLong_AsLongLong(oid));
+        if (!d || (old == Py_None ? PyDict_DelItem(d, oid) : PyDict_SetItem(d, oid, old)) < 0)
+            PyErr_Clear(); /* the absent key of a failed set: nothing to undo */
+    }
+    PyErr_Restore(et, ev, tb);
+    Py_DECREF(olds);
+    return NULL;
+}
+
 static PyMethodDef pack_methods[] = {
     {"build", (PyCFunction)(void (*)(void))pack_build, METH_FASTCALL,
      "build(keys, ents, off, dat) -> entries kept: a packed index from (object, entry) pairs"},
@@ -994,6 +1046,8 @@ static PyMethodDef pack_methods[] = {
      " -> (refs, entries, net, next)"},
     {"find", (PyCFunction)(void (*)(void))pack_find, METH_FASTCALL,
      "find(interner, name) -> the oid of name, or -1"},
+    {"link", (PyCFunction)(void (*)(void))pack_link, METH_FASTCALL,
+     "link(shards, refs) -> what each oid held before (None: absent)"},
     {"carry", (PyCFunction)(void (*)(void))pack_carry, METH_FASTCALL,
      "carry(shards, ovl, oids, since, chunk, new_shards, new_ovl) -> entries written"},
     {"visible", (PyCFunction)(void (*)(void))pack_visible, METH_FASTCALL,
