@@ -131,6 +131,9 @@ def time_calls(fn: Callable[[], object], n: int) -> list[int]:
     return out
 
 
+LAST_RUN: dict[str, object] = {}  # the last run's reader stamps and apply windows
+
+
 def run_size(target: int, args: argparse.Namespace) -> dict[str, float]:
     r: dict[str, float] = {}
     ds = generate(target, args.seed, huge=args.huge)
@@ -297,6 +300,8 @@ def run_size(target: int, args: argparse.Namespace) -> dict[str, float]:
                 stall_plain = max(stall_plain, gap)
         elif windows[0][0] <= a:
             stall_idle = max(stall_idle, gap)
+    # For ad-hoc analysis (a script that times the store's steps beside this run).
+    LAST_RUN.update(stamps=stamps, windows=windows, compacted=compacted)
     r["stall_ms"] = stall / 1e6
     r["stall_p99_ms"] = pct(inside, 99) / 1e6 if inside else 0.0
     # How often, not only how long: a max is one sample, and moves with the machine.

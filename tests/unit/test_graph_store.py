@@ -213,6 +213,7 @@ def test_overlay_link_fails_whole_on_a_bad_pair(
         monkeypatch.setattr(store_mod, "_packer", None)
     elif store_mod._packer is None:
         pytest.skip("no C packer")
+    monkeypatch.setattr(store_mod, "_LINK_STEP", 3)  # C: the bad pair is in a later call
     ov = store_mod.Overlay([(1, 10), (257, 20)])  # 1 and 257 share a dict
     before = ov.as_dict()
     good = [(257, 21), (3, 31), (257, 22), (1, 11)]

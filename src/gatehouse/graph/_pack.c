@@ -161,8 +161,10 @@ static PyObject *pack_edits(PyObject *mod, PyObject *net)
         rv[2 * k + 1] = ((((sk & REL_MASK) << REL_BITS | (e >> F_REL)) << R_REL) | oid) << 1 | present;
         k++;
     }
+    Py_BEGIN_ALLOW_THREADS /* the buffers are new and ours alone */
     qsort(fv, (size_t)k, 16, cmp_pair);
     qsort(rv, (size_t)k, 16, cmp_pair);
+    Py_END_ALLOW_THREADS
     Py_DECREF(shift);
     return Py_BuildValue("(NN)", f, r);
 fail:
@@ -986,6 +988,60 @@ done:
     return result;
 }
 
+/* touch(off, dat, nbase, edits): reads, with the GIL released, the base groups (off/dat,
+ * whose first `nbase` objects they hold) of the objects `edits` (as edits() makes them)
+ * names: a page of each, and their offsets. On this machine a page not read for a while
+ * can take up to ~1 ms to read again (bench/README.md, round 7), and append() reads these
+ * groups holding the GIL. The base never changes; the caller holds it. */
+static PyObject *pack_touch(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_Check(args[3]) || PyBytes_GET_SIZE(args[3]) % 16) {
+        PyErr_SetString(PyExc_TypeError, "touch(off, dat, nbase, edits: bytes)");
+        return NULL;
+    }
+    long long nbase = PyLong_AsLongLong(args[2]);
+    if (nbase == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer ob, db;
+    if (PyObject_GetBuffer(args[0], &ob, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &db, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&ob);
+        return NULL;
+    }
+    if (ob.len % 4 || db.len % 8 || nbase < 0 || nbase + 1 > ob.len / 4) {
+        PyBuffer_Release(&ob);
+        PyBuffer_Release(&db);
+        PyErr_SetString(PyExc_ValueError, "touch: base arrays of the wrong sizes");
+        return NULL;
+    }
+    const uint32_t *off = ob.buf;
+    const int64_t *dat = db.buf, *ed = (const int64_t *)PyBytes_AS_STRING(args[3]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[3]) / 16, ndat = db.len / 8;
+    volatile int64_t sink;
+    int64_t acc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    long long prev = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long oid = ed[2 * i];
+        if (oid == prev || oid < 0 || oid >= nbase)
+            continue;
+        prev = oid;
+        Py_ssize_t a = off[oid], z = off[oid + 1];
+        if (a >= z || z > ndat)
+            continue;
+        for (Py_ssize_t p = a; p < z; p += 512) /* 512 entries: one 4 KB page */
+            acc += dat[p];
+        acc += dat[z - 1];
+    }
+    Py_END_ALLOW_THREADS
+    sink = acc;
+    (void)sink;
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&db);
+    Py_RETURN_NONE;
+}
+
 /* link(shards, refs) -> olds: points the overlay `shards` (Overlay.shards) at each (oid,
  * ref) of the list `refs`, in order; returns what each oid held before (None: absent). All
  * or nothing: on an error it restores what it changed, then raises. One call per index of a
@@ -1046,6 +1102,8 @@ static PyMethodDef pack_methods[] = {
      " -> (refs, entries, net, next)"},
     {"find", (PyCFunction)(void (*)(void))pack_find, METH_FASTCALL,
      "find(interner, name) -> the oid of name, or -1"},
+    {"touch", (PyCFunction)(void (*)(void))pack_touch, METH_FASTCALL,
+     "touch(off, dat, nbase, edits): reads the base groups edits names, GIL released"},
     {"link", (PyCFunction)(void (*)(void))pack_link, METH_FASTCALL,
      "link(shards, refs) -> what each oid held before (None: absent)"},
     {"carry", (PyCFunction)(void (*)(void))pack_carry, METH_FASTCALL,

@@ -70,7 +70,10 @@ _Index: TypeAlias = tuple[
     "array[int]", "array[int]", "Overlay", "list[array[int]]"
 ]  # offsets, entries, overlay refs, overlay chunks
 _CHUNK = 1 << 15  # overlay entries per chunk array (bounds each append's realloc copy)
-_STEP = 128  # edits per C call of a delta's writes (each call holds the GIL throughout)
+# Edits per C call of a delta's writes (each call holds the GIL throughout). At 10^7 tuples
+# calls of 128 took up to ~1.2-2.9 ms, waiting on memory rather than copying much.
+_STEP = 32
+_LINK_STEP = 256  # groups per C call linking a delta's regions (1,000 took up to ~1 ms)
 _GIVE_WAY = 0.05  # longest a background compaction step waits for a delta being applied
 # Entries whose pages go back to the OS per step of freeing a replaced base's array (~1 MB,
 # ~0.1 ms); an overlay's steps free 16 of its dicts (~2,000-5,000 groups, ~0.3 ms of
@@ -153,9 +156,16 @@ class Overlay:
     def link(self, refs: list[tuple[int, int]]) -> list[int | None]:
         """Point each oid of `refs` at its ref, in order; what each held before (None:
         absent). All or nothing."""
-        if _packer is not None:
-            return _packer.link(self.shards, refs)  # one C call: a delta links ~1,000
-        olds: list[int | None] = []
+        if _packer is not None:  # in C, a slice at a time
+            olds: list[int | None] = []
+            try:
+                for i in range(0, len(refs), _LINK_STEP):
+                    olds += _packer.link(self.shards, refs[i : i + _LINK_STEP])
+            except BaseException:
+                self.unlink(refs[: len(olds)], olds)
+                raise
+            return olds
+        olds = []  # the Python loop below
         try:
             for oid, ref in refs:
                 shard = self.shards[oid & _SHARD_MASK]
@@ -669,6 +679,10 @@ class GraphStore:
             # edits that change nothing are dropped there, and the net change counted).
             f_ed, r_ed = _packer.edits(net)
             del net
+            # The base groups the edits rewrite, read once with the GIL released: a page not
+            # read for a while can take ~1 ms to read here, and the appends hold the GIL.
+            _packer.touch(cur.f_off, cur.f_dat, cur.nf, f_ed)
+            _packer.touch(cur.r_off, cur.r_dat, cur.nr, r_ed)
             f = (cur.f_ovl, cur.f_ov, cur.f_off, cur.f_dat, cur.nf)
             f_refs, f_size, delta_count = _append_c(*f, cur.ver, f_ed, ver)
             r = (cur.r_ovl, cur.r_ov, cur.r_off, cur.r_dat, cur.nr)
