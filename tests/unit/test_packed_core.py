@@ -958,25 +958,6 @@ def test_reap_cuts_arrays_and_overlays_a_slice_at_a_time(monkeypatch: pytest.Mon
     assert len(kept) == 500 and kept[-1] == 499  # held here: waited for, never touched
 
 
-def test_touch_reads_the_edited_base_groups_and_changes_nothing() -> None:
-    """`_pack.touch` reads the base groups a delta's edits name (with the GIL released), so
-    the appends that follow find them in memory; it writes nothing, skips objects past the
-    base, and refuses base arrays that do not match `nbase`."""
-    from array import array
-
-    assert store_mod._packer is not None
-    off = array("I", [0, 700, 700, 2000])  # groups of 700, 0 and 1,300 entries
-    dat = array("q", range(2000))
-    edits = array("q", [0, 1, 0, 3, 1, 5, 2, 7, 9, 9]).tobytes()  # oid 9: past the base
-    before = (off.tobytes(), dat.tobytes())
-    store_mod._packer.touch(off, dat, 3, edits)
-    assert (off.tobytes(), dat.tobytes()) == before
-    with pytest.raises(ValueError):
-        store_mod._packer.touch(off, dat, 4, edits)  # offsets for 3 objects only
-    with pytest.raises(TypeError):
-        store_mod._packer.touch(off, dat, 3, edits[:-8])  # not whole (oid, entry) pairs
-
-
 def test_release_returns_pages_and_leaves_the_array_whole() -> None:
     """`_pack.release` zeroes the whole pages inside the range (they went back to the OS)
     and nothing outside it; the array keeps its length."""

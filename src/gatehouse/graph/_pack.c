@@ -174,13 +174,16 @@ fail:
     return NULL;
 }
 
-/* Appends pending entries out[0:n] to chunk `c` (an array('q')). */
+/* Appends pending entries out[0:n] to chunk `c` (an array('q')), through a memoryview of
+ * them (no intermediate bytes copy). */
 static int flush(PyObject *c, const int64_t *out, Py_ssize_t n)
 {
     if (!n)
         return 0;
-    PyObject *r = PyObject_CallMethod(c, "frombytes", "y#", (const char *)out, n * 8);
+    PyObject *mv = PyMemoryView_FromMemory((char *)out, n * 8, PyBUF_READ);
+    PyObject *r = mv ? PyObject_CallMethod(c, "frombytes", "O", mv) : NULL;
     Py_XDECREF(r);
+    Py_XDECREF(mv);
     return r ? 0 : -1;
 }
 
@@ -220,6 +223,18 @@ static int open_region(PyObject *ovl, long long ref, Py_buffer *b, const int64_t
     return 0;
 }
 
+/* One object's group in a step of append(): where it is read from, and where its new region
+ * landed in the step's output. */
+typedef struct {
+    PyObject *obj;        /* the oid as an int (owned) */
+    long long oid, prev;  /* prev: the ref of its newest region, -1 if none */
+    const int64_t *g;     /* its overlay region's entries, or NULL: the base (read unlocked) */
+    Py_ssize_t gn;        /* entries at g */
+    Py_ssize_t i, j;      /* its edits: [i, j) */
+    Py_ssize_t w0, L;     /* its new region: out[w0 : w0 + L], header included; L 0: unchanged */
+    Py_ssize_t delta;     /* net change in entries */
+} Grp;
+
 /* append(ovl, shards, off, dat, nbase, cur, edits, ver, chunk, start, step)
  *   -> (refs, entries, net, next):
  * GraphStore.apply's writes to one index, from edit `start` on. `edits` are as edits()
@@ -228,10 +243,15 @@ static int open_region(PyObject *ovl, long long ref, Py_buffer *b, const int64_t
  * objects it holds), edited, and appended as a region of version `ver` to the overlay
  * chunks `ovl` (a new chunk when one would pass `chunk` entries). A group whose edits
  * change nothing is not written. It stops at the first group boundary after `step` edits
- * and returns where to go on (`next`): the caller loops, so the GIL can change hands
- * between calls (readers wait for one call at most). Also returns the (object, ref) pairs
- * to link, the entries written and the net change in entries. On error the chunks may
- * hold unreferenced regions: unreachable, as nothing was linked. */
+ * and returns where to go on (`next`): the caller loops. Also returns the (object, ref)
+ * pairs to link, the entries written and the net change in entries. On error the chunks
+ * may hold unreferenced regions: unreachable, as nothing was linked.
+ *
+ * Three phases: find each group (dict lookups, with the GIL); read and edit them (without
+ * it: at 10^7 tuples this waited ~1 ms per call on memory, a page not read for a while
+ * being slow to read here, while readers waited for the GIL); then write the regions to
+ * the chunks and make the refs (with it). The base never changes, and the chunks read are
+ * held (no resize) until the edits are done; only the writer holding the turn appends. */
 static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 11 || !PyList_Check(args[0]) || !PyList_Check(args[1]) ||
@@ -253,31 +273,26 @@ static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_ValueError, "append: bad start or step");
         return NULL;
     }
-    Py_buffer ob, db;
-    if (PyObject_GetBuffer(args[2], &ob, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(args[3], &db, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&ob);
-        return NULL;
-    }
-    PyObject *refs = PyList_New(0), *result = NULL;
-    Vec out = {0};
+    Py_buffer ob = {0}, db = {0};
+    Py_buffer *held = NULL; /* the chunks of the regions read */
+    Grp *gs = NULL;
+    Py_ssize_t nheld = 0, ng = 0, gcap = 0;
+    int64_t *out = NULL; /* raw-allocated: grown without the GIL */
+    Py_ssize_t nout = 0;
+    PyObject *refs = NULL, *result = NULL;
+    if (PyObject_GetBuffer(args[2], &ob, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(args[3], &db, PyBUF_SIMPLE) < 0)
+        goto done;
     Py_ssize_t nc = PyBytes_GET_SIZE(args[6]) / 16, written = 0, net = 0;
     const uint32_t *off = ob.buf;
     const int64_t *dat = db.buf;
-    if (!refs)
-        goto done;
     if (ob.len % 4 || db.len % 8 || nbase < 0 || nbase + 1 > ob.len / 4) {
         PyErr_SetString(PyExc_ValueError, "append: base arrays of the wrong sizes");
         goto done;
     }
-    PyObject *last = PyList_GET_ITEM(ovl, PyList_GET_SIZE(ovl) - 1);
-    Py_ssize_t clen = PyObject_Size(last); /* the last chunk's length, pending included */
-    if (clen < 0)
-        goto done;
+    /* 1. each object's group: its newest region not newer than `cur`, or the base */
     Py_ssize_t i = start;
     while (i < nc && i - start < step) {
-        /* this object's edits: [i, j) */
         long long oid = ed[2 * i];
         Py_ssize_t j = i + 1;
         while (j < nc && ed[2 * j] == oid)
@@ -286,128 +301,173 @@ static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t na
             PyErr_SetString(PyExc_ValueError, "append: object id out of range");
             goto done;
         }
-        PyObject *obj = PyLong_FromLongLong(oid);
-        if (!obj)
+        if (ng == gcap) {
+            gcap = gcap ? 2 * gcap : 64;
+            Grp *t = PyMem_Realloc(gs, (size_t)gcap * sizeof(Grp));
+            if (!t) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            gs = t;
+        }
+        Grp *x = &gs[ng];
+        memset(x, 0, sizeof *x);
+        x->oid = oid, x->i = i, x->j = j, x->prev = -1;
+        if (!(x->obj = PyLong_FromLongLong(oid)))
             goto done;
-        /* the group as the snapshot at `cur` reads it */
+        ng++;
         PyObject *d = shard_of(ov, oid);
-        PyObject *ref = d ? PyDict_GetItemWithError(d, obj) : NULL;
-        if (!ref && PyErr_Occurred()) {
-            Py_DECREF(obj);
+        PyObject *ref = d ? PyDict_GetItemWithError(d, x->obj) : NULL;
+        if (!ref && PyErr_Occurred())
             goto done;
-        }
-        long long prev = ref ? PyLong_AsLongLong(ref) : -1;
-        if (prev == -1 && PyErr_Occurred()) {
-            Py_DECREF(obj);
+        x->prev = ref ? PyLong_AsLongLong(ref) : -1;
+        if (x->prev == -1 && PyErr_Occurred())
             goto done;
-        }
-        const int64_t *g = NULL;
-        Py_ssize_t gn = 0;
-        Py_buffer hold = {0};
-        int found = 0;
-        for (long long r = prev; r >= 0 && !found;) {
+        for (long long r = x->prev; r >= 0;) {
+            if (nheld % 64 == 0) {
+                Py_buffer *t = PyMem_Realloc(held, (size_t)(nheld + 64) * sizeof(Py_buffer));
+                if (!t) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                held = t;
+            }
             const int64_t *reg;
-            if (open_region(ovl, r, &hold, &reg) < 0) {
-                Py_DECREF(obj);
+            if (open_region(ovl, r, &held[nheld], &reg) < 0)
                 goto done;
-            }
             if (reg[0] <= cur) {
-                g = reg + 3;
-                gn = (Py_ssize_t)reg[2];
-                found = 1;
-            } else {
-                r = reg[1];
-                PyBuffer_Release(&hold);
+                nheld++;
+                x->g = reg + 3;
+                x->gn = (Py_ssize_t)reg[2];
+                break;
             }
+            r = reg[1];
+            PyBuffer_Release(&held[nheld]);
         }
-        if (!found && oid < nbase) {
-            Py_ssize_t a = off[oid], z = off[oid + 1];
+        i = j;
+    }
+    /* 2. read and edit, without the GIL */
+    int err = 0; /* 1: offsets past the entries, 2: no memory */
+    PyThreadState *unlocked = ng ? PyEval_SaveThread() : NULL;
+    Py_ssize_t cap = 0;
+    for (Py_ssize_t k = 0; k < ng && !err; k++) {
+        Grp *x = &gs[k];
+        const int64_t *g = x->g;
+        Py_ssize_t gn = x->gn;
+        if (!g && x->oid < nbase) {
+            Py_ssize_t a = off[x->oid], z = off[x->oid + 1];
             if (a > z || z > db.len / 8) {
-                PyErr_SetString(PyExc_IndexError, "append: offsets past the entries");
-                Py_DECREF(obj);
-                goto done;
+                err = 1;
+                break;
             }
             g = dat + a;
             gn = z - a;
         }
         /* merge: removals and additions arrive in entry order (entries are unique) */
-        const int64_t *ch = ed + 2 * i;
-        Py_ssize_t nch = j - i;
-        if (vec_reserve(&out, 3 + gn + nch) < 0) {
-            if (found)
-                PyBuffer_Release(&hold);
-            Py_DECREF(obj);
-            goto done;
+        const int64_t *ch = ed + 2 * x->i;
+        Py_ssize_t nch = x->j - x->i;
+        if (nout + 3 + gn + nch > cap) {
+            Py_ssize_t c = cap ? cap : 1024;
+            while (c < nout + 3 + gn + nch)
+                c *= 2;
+            int64_t *t = PyMem_RawRealloc(out, (size_t)c * 8);
+            if (!t) {
+                err = 2;
+                break;
+            }
+            out = t, cap = c;
         }
-        Py_ssize_t w0 = out.n, w = w0 + 3, a = 0, k = 0, delta = 0, edits = 0;
-        int64_t *o = out.v;
-        for (; a < gn || k < nch;) {
-            int64_t e = k < nch ? ch[2 * k + 1] >> 1 : 0;
-            if (k == nch || (a < gn && g[a] < e)) {
+        Py_ssize_t w0 = nout, w = w0 + 3, a = 0, e_i = 0, delta = 0, edits = 0;
+        int64_t *o = out;
+        for (; a < gn || e_i < nch;) {
+            int64_t e = e_i < nch ? ch[2 * e_i + 1] >> 1 : 0;
+            if (e_i == nch || (a < gn && g[a] < e)) {
                 o[w++] = g[a++];
             } else if (a < gn && g[a] == e) {
-                if (ch[2 * k + 1] & 1) {
+                if (ch[2 * e_i + 1] & 1) {
                     o[w++] = e; /* already present */
                 } else {
                     delta--, edits++; /* removed */
                 }
-                a++, k++;
+                a++, e_i++;
             } else {
-                if (ch[2 * k + 1] & 1) {
+                if (ch[2 * e_i + 1] & 1) {
                     o[w++] = e;
                     delta++, edits++;
                 }
-                k++;
+                e_i++;
             }
         }
-        if (found)
-            PyBuffer_Release(&hold);
-        if (!edits) {
-            Py_DECREF(obj);
-            i = j;
-            continue;
-        }
+        if (!edits)
+            continue; /* unchanged: not written */
         o[w0] = ver;
-        o[w0 + 1] = prev;
+        o[w0 + 1] = x->prev;
         o[w0 + 2] = w - w0 - 3;
-        Py_ssize_t L = w - w0;
-        if (clen > 0 && clen + L > chunk) { /* a region never spans chunks */
-            if (flush(last, o, w0) < 0) {
-                Py_DECREF(obj);
+        x->w0 = w0, x->L = w - w0, x->delta = delta;
+        nout = w;
+    }
+    if (unlocked)
+        PyEval_RestoreThread(unlocked);
+    for (Py_ssize_t k = 0; k < nheld; k++) /* before the chunks are appended to */
+        PyBuffer_Release(&held[k]);
+    nheld = 0;
+    if (err) {
+        if (err == 1)
+            PyErr_SetString(PyExc_IndexError, "append: offsets past the entries");
+        else
+            PyErr_NoMemory();
+        goto done;
+    }
+    /* 3. the regions into the chunks (a region never spans chunks), and their refs */
+    if (!(refs = PyList_New(0)))
+        goto done;
+    PyObject *last = PyList_GET_ITEM(ovl, PyList_GET_SIZE(ovl) - 1);
+    Py_ssize_t clen = PyObject_Size(last); /* the last chunk's length, pending included */
+    if (clen < 0)
+        goto done;
+    Py_ssize_t pending = 0; /* out[pending : ...] is not in a chunk yet */
+    for (Py_ssize_t k = 0; k < ng; k++) {
+        Grp *x = &gs[k];
+        if (!x->L)
+            continue;
+        if (clen > 0 && clen + x->L > chunk) {
+            if (flush(last, out + pending, x->w0 - pending) < 0)
                 goto done;
-            }
-            memmove(o, o + w0, (size_t)L * 8);
-            w0 = 0;
+            pending = x->w0;
             last = PyObject_CallFunction((PyObject *)Py_TYPE(last), "s", "q");
             int bad = !last || PyList_Append(ovl, last) < 0;
             Py_XDECREF(last); /* the list holds it */
-            if (bad) {
-                Py_DECREF(obj);
+            if (bad)
                 goto done;
-            }
             clen = 0;
         }
-        out.n = w0 + L;
         long long nref = (long long)(PyList_GET_SIZE(ovl) - 1) << 32 | clen;
-        clen += L;
-        written += L;
-        net += delta;
-        PyObject *pair = Py_BuildValue("(NL)", obj, nref); /* steals obj */
+        clen += x->L;
+        written += x->L;
+        net += x->delta;
+        PyObject *pair = Py_BuildValue("(OL)", x->obj, nref);
         if (!pair || PyList_Append(refs, pair) < 0) {
             Py_XDECREF(pair);
             goto done;
         }
         Py_DECREF(pair);
-        i = j;
     }
-    if (flush(last, out.v, out.n) < 0)
+    if (flush(last, out + pending, nout - pending) < 0)
         goto done;
     result = Py_BuildValue("(Onnn)", refs, written, net, i);
 done:
+    for (Py_ssize_t k = 0; k < nheld; k++)
+        PyBuffer_Release(&held[k]);
+    PyMem_Free(held);
+    for (Py_ssize_t k = 0; k < ng; k++)
+        Py_DECREF(gs[k].obj);
+    PyMem_Free(gs);
+    PyMem_RawFree(out);
     Py_XDECREF(refs);
-    PyMem_Free(out.v);
-    PyBuffer_Release(&ob);
-    PyBuffer_Release(&db);
+    if (ob.obj)
+        PyBuffer_Release(&ob);
+    if (db.obj)
+        PyBuffer_Release(&db);
     return result;
 }
 
@@ -795,6 +855,12 @@ static PyObject *pack_merge(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         }
         at += c->n;
     }
+    /* The offsets the next step plans from, read now: planning holds the GIL, and a page
+     * not read for a while can take up to ~1 ms to read here. */
+    volatile uint32_t sink = 0;
+    for (long long o = pos; o <= nb && o <= pos + budget; o += 1024)
+        sink += off[o];
+    (void)sink;
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("(nL)", i, pos);
 done:
@@ -988,60 +1054,6 @@ done:
     return result;
 }
 
-/* touch(off, dat, nbase, edits): reads, with the GIL released, the base groups (off/dat,
- * whose first `nbase` objects they hold) of the objects `edits` (as edits() makes them)
- * names: a page of each, and their offsets. On this machine a page not read for a while
- * can take up to ~1 ms to read again (bench/README.md, round 7), and append() reads these
- * groups holding the GIL. The base never changes; the caller holds it. */
-static PyObject *pack_touch(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 4 || !PyBytes_Check(args[3]) || PyBytes_GET_SIZE(args[3]) % 16) {
-        PyErr_SetString(PyExc_TypeError, "touch(off, dat, nbase, edits: bytes)");
-        return NULL;
-    }
-    long long nbase = PyLong_AsLongLong(args[2]);
-    if (nbase == -1 && PyErr_Occurred())
-        return NULL;
-    Py_buffer ob, db;
-    if (PyObject_GetBuffer(args[0], &ob, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(args[1], &db, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&ob);
-        return NULL;
-    }
-    if (ob.len % 4 || db.len % 8 || nbase < 0 || nbase + 1 > ob.len / 4) {
-        PyBuffer_Release(&ob);
-        PyBuffer_Release(&db);
-        PyErr_SetString(PyExc_ValueError, "touch: base arrays of the wrong sizes");
-        return NULL;
-    }
-    const uint32_t *off = ob.buf;
-    const int64_t *dat = db.buf, *ed = (const int64_t *)PyBytes_AS_STRING(args[3]);
-    Py_ssize_t n = PyBytes_GET_SIZE(args[3]) / 16, ndat = db.len / 8;
-    volatile int64_t sink;
-    int64_t acc = 0;
-    Py_BEGIN_ALLOW_THREADS
-    long long prev = -1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        long long oid = ed[2 * i];
-        if (oid == prev || oid < 0 || oid >= nbase)
-            continue;
-        prev = oid;
-        Py_ssize_t a = off[oid], z = off[oid + 1];
-        if (a >= z || z > ndat)
-            continue;
-        for (Py_ssize_t p = a; p < z; p += 512) /* 512 entries: one 4 KB page */
-            acc += dat[p];
-        acc += dat[z - 1];
-    }
-    Py_END_ALLOW_THREADS
-    sink = acc;
-    (void)sink;
-    PyBuffer_Release(&ob);
-    PyBuffer_Release(&db);
-    Py_RETURN_NONE;
-}
-
 /* link(shards, refs) -> olds: points the overlay `shards` (Overlay.shards) at each (oid,
  * ref) of the list `refs`, in order; returns what each oid held before (None: absent). All
  * or nothing: on an error it restores what it changed, then raises. One call per index of a
@@ -1102,8 +1114,6 @@ static PyMethodDef pack_methods[] = {
      " -> (refs, entries, net, next)"},
     {"find", (PyCFunction)(void (*)(void))pack_find, METH_FASTCALL,
      "find(interner, name) -> the oid of name, or -1"},
-    {"touch", (PyCFunction)(void (*)(void))pack_touch, METH_FASTCALL,
-     "touch(off, dat, nbase, edits): reads the base groups edits names, GIL released"},
     {"link", (PyCFunction)(void (*)(void))pack_link, METH_FASTCALL,
      "link(shards, refs) -> what each oid held before (None: absent)"},
     {"carry", (PyCFunction)(void (*)(void))pack_carry, METH_FASTCALL,

@@ -70,9 +70,9 @@ _Index: TypeAlias = tuple[
     "array[int]", "array[int]", "Overlay", "list[array[int]]"
 ]  # offsets, entries, overlay refs, overlay chunks
 _CHUNK = 1 << 15  # overlay entries per chunk array (bounds each append's realloc copy)
-# Edits per C call of a delta's writes (each call holds the GIL throughout). At 10^7 tuples
-# calls of 128 took up to ~1.2-2.9 ms, waiting on memory rather than copying much.
-_STEP = 32
+# Edits per C call of a delta's writes. Each call edits its groups with the GIL released,
+# and each release costs the writer up to a switch interval to get the GIL back.
+_STEP = 256
 _LINK_STEP = 256  # groups per C call linking a delta's regions (1,000 took up to ~1 ms)
 _GIVE_WAY = 0.05  # longest a background compaction step waits for a delta being applied
 # Entries whose pages go back to the OS per step of freeing a replaced base's array (~1 MB,
@@ -679,10 +679,6 @@ class GraphStore:
             # edits that change nothing are dropped there, and the net change counted).
             f_ed, r_ed = _packer.edits(net)
             del net
-            # The base groups the edits rewrite, read once with the GIL released: a page not
-            # read for a while can take ~1 ms to read here, and the appends hold the GIL.
-            _packer.touch(cur.f_off, cur.f_dat, cur.nf, f_ed)
-            _packer.touch(cur.r_off, cur.r_dat, cur.nr, r_ed)
             f = (cur.f_ovl, cur.f_ov, cur.f_off, cur.f_dat, cur.nf)
             f_refs, f_size, delta_count = _append_c(*f, cur.ver, f_ed, ver)
             r = (cur.r_ovl, cur.r_ov, cur.r_off, cur.r_dat, cur.nr)
