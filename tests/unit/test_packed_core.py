@@ -424,6 +424,79 @@ def test_deltas_during_a_compaction_are_carried(monkeypatch: pytest.MonkeyPatch,
     assert set(final.r_ov) == {it.oid("user:u9"), it.oid("user:u1")}
 
 
+def test_deltas_between_the_steps_of_the_precarry_are_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The carry runs a group at a time before the publish takes the write lock, and deltas
+    land between its steps, rewriting groups it carried already and adding others: the
+    published overlay holds the newest region of each (carried again under the lock), and
+    nothing is lost."""
+    import threading
+
+    monkeypatch.setattr(store_mod, "_CARRY_STEP", 1)
+    release = threading.Event()
+    real = store_mod._repack
+
+    def held(*args: object) -> object:
+        release.wait(10)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_mod, "_repack", held)
+    store = GraphStore(min_compaction=2, compaction_ratio=0)
+    model = {f"fund:f{i}#viewer@user:u{i}" for i in range(20)}
+    store.load(sorted(model), revision=1)
+    first = store.apply(Delta.of([f"fund:f{i}#editor@user:u0" for i in range(5)]))
+    model |= {f"fund:f{i}#editor@user:u0" for i in range(5)}
+    assert store._compacting  # started, held in _repack
+    before = [f"fund:f{i}#editor@user:u9" for i in range(10, 16)]
+    store.apply(Delta.of(before))
+    model |= set(before)
+    # Between pre-carry steps (on the compaction's thread, the turn handed back): rewrite
+    # groups carried already (f10, f11, u9), then add new ones (f17, u7).
+    between = [
+        Delta.of(["fund:f10#viewer@user:u3"], ["fund:f11#editor@user:u9"]),
+        Delta.of(["fund:f17#viewer@user:u7", "fund:f10#editor@user:u7"]),
+    ]
+    inside = [False]
+    injected: list[int] = []
+    real_give_way = store._give_way
+
+    def give_way() -> None:
+        if not (inside[0] and between):
+            real_give_way()
+            return
+        store._turn.release()
+        try:
+            injected.append(store.apply(between.pop(0)).revision)
+        finally:
+            store._turn.acquire()
+
+    real_precarry = store._precarry
+
+    def precarry(*args: object) -> None:
+        inside[0] = True
+        try:
+            real_precarry(*args)  # type: ignore[arg-type]
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(store, "_give_way", give_way)
+    monkeypatch.setattr(store, "_precarry", precarry)
+    release.set()
+    assert store.wait_compacted(10)
+    assert injected == [4, 5]  # both landed while the carry ran in steps
+    model = (model | {"fund:f10#viewer@user:u3"}) - {"fund:f11#editor@user:u9"}
+    model |= {"fund:f17#viewer@user:u7", "fund:f10#editor@user:u7"}
+    final = store.current
+    assert final.f_dat is not first.f_dat and final.revision == 5
+    assert sorted(final.tuples()) == sorted(model)
+    _model_indexes(final, model)
+    it = final.interner
+    changed = {it.oid(f"fund:f{i}") for i in (*range(10, 16), 17)}
+    assert set(final.f_ov) == changed
+    assert set(final.r_ov) == {it.oid(u) for u in ("user:u9", "user:u3", "user:u7")}
+
+
 def test_long_reverse_runs_decode() -> None:
     """Runs longer than the byte-copy threshold decode to the same oids as short ones."""
     tuples = [f"fund:f{i}#viewer@user:u" for i in range(100)] + ["fund:f7#editor@user:u"]
