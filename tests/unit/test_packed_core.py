@@ -1031,6 +1031,26 @@ def test_reap_cuts_arrays_and_overlays_a_slice_at_a_time(monkeypatch: pytest.Mon
     assert len(kept) == 500 and kept[-1] == 499  # held here: waited for, never touched
 
 
+def test_touch_names_reads_without_changing_the_interner() -> None:
+    """`_pack.touch_names` (run before a delta's lookups, GIL released) leaves the interner
+    as it was, names known or not, and refuses what is not a list of str."""
+    from gatehouse.graph import Interner
+
+    assert store_mod._packer is not None
+    it = Interner()
+    with it.lock:
+        oids = [it.intern_object(f"user:u{i}") for i in range(3000)]  # the slots grew
+    slots, names = it._slots.tobytes(), list(it.names)
+    with it.lock:
+        store_mod._packer.touch_names(it, ["user:u7", "user:nobody", "fund:f1", ""])
+    assert (it._slots.tobytes(), it.names) == (slots, names)
+    assert [it.oid(f"user:u{i}") for i in range(3000)] == oids and it.oid("fund:f1") is None
+    with pytest.raises(TypeError):
+        store_mod._packer.touch_names(it, ["user:u1", 5])  # type: ignore[list-item]
+    with pytest.raises((TypeError, AttributeError)):
+        store_mod._packer.touch_names(object(), ["user:u1"])
+
+
 def test_release_returns_pages_and_leaves_the_array_whole() -> None:
     """`_pack.release` zeroes the whole pages inside the range (they went back to the OS)
     and nothing outside it; the array keeps its length."""

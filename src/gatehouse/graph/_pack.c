@@ -1054,6 +1054,82 @@ done:
     return result;
 }
 
+/* touch_names(interner, names): reads, with the GIL released, what Interner.oid will read to
+ * find each of `names` (exact str): the slots along its probe run, and the names they point
+ * to. At 10^7 tuples those tables are ~100 MB read at random, and on this machine memory
+ * that has not been read for a while can take up to ~1 ms a page to read again
+ * (bench/cold_pages.py); a delta's lookups that follow hold the GIL. The caller holds the
+ * interner's lock, so its tables do not change meanwhile. */
+static PyObject *pack_touch_names(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "touch_names(interner, names: list)");
+        return NULL;
+    }
+    PyObject *names = args[1], *slots = NULL, *table = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(names);
+    Py_hash_t *h = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Py_hash_t));
+    Py_buffer b = {0};
+    if (!h)
+        return PyErr_NoMemory();
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *nm = PyList_GET_ITEM(names, k);
+        if (!PyUnicode_CheckExact(nm)) {
+            PyErr_SetString(PyExc_TypeError, "touch_names: names must be str");
+            goto fail;
+        }
+        if ((h[k] = PyObject_Hash(nm)) == -1) /* cached in the str: find() reuses it */
+            goto fail;
+    }
+    slots = PyObject_GetAttrString(args[0], "_slots");
+    table = slots ? PyObject_GetAttrString(args[0], "names") : NULL;
+    if (!table || !PyList_Check(table) || PyObject_GetBuffer(slots, &b, PyBUF_SIMPLE) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "touch_names: not an interner");
+        goto fail;
+    }
+    Py_ssize_t size = b.len / 4, count = PyList_GET_SIZE(table);
+    if (b.len % 4 || size == 0 || size & (size - 1)) {
+        PyErr_SetString(PyExc_ValueError, "touch_names: slot table size is not a power of two");
+        goto fail;
+    }
+    const int32_t *sl = b.buf;
+    PyObject **items = ((PyListObject *)table)->ob_item;
+    volatile Py_hash_t sink;
+    Py_hash_t acc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t i = (Py_ssize_t)((Py_uhash_t)h[k] & (Py_uhash_t)(size - 1));
+        for (int steps = 0; steps < 64; steps++) {
+            int32_t o = sl[i];
+            if (o < 0 || o >= count)
+                break;
+            const PyASCIIObject *nm = (const PyASCIIObject *)items[o];
+            acc += nm->hash;
+            if (nm->hash == h[k]) {
+                acc += ((const volatile char *)nm)[sizeof(PyASCIIObject)]; /* its text */
+                break;
+            }
+            i = (i + 1) & (size - 1);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    sink = acc;
+    (void)sink;
+    PyBuffer_Release(&b);
+    Py_DECREF(slots);
+    Py_DECREF(table);
+    PyMem_Free(h);
+    Py_RETURN_NONE;
+fail:
+    if (b.obj)
+        PyBuffer_Release(&b);
+    Py_XDECREF(slots);
+    Py_XDECREF(table);
+    PyMem_Free(h);
+    return NULL;
+}
+
 /* link(shards, refs) -> olds: points the overlay `shards` (Overlay.shards) at each (oid,
  * ref) of the list `refs`, in order; returns what each oid held before (None: absent). All
  * or nothing: on an error it restores what it changed, then raises. One call per index of a
@@ -1114,6 +1190,8 @@ static PyMethodDef pack_methods[] = {
      " -> (refs, entries, net, next)"},
     {"find", (PyCFunction)(void (*)(void))pack_find, METH_FASTCALL,
      "find(interner, name) -> the oid of name, or -1"},
+    {"touch_names", (PyCFunction)(void (*)(void))pack_touch_names, METH_FASTCALL,
+     "touch_names(interner, names): reads what finding names will, GIL released"},
     {"link", (PyCFunction)(void (*)(void))pack_link, METH_FASTCALL,
      "link(shards, refs) -> what each oid held before (None: absent)"},
     {"carry", (PyCFunction)(void (*)(void))pack_carry, METH_FASTCALL,
