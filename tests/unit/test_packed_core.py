@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -387,14 +388,12 @@ def test_snapshots_held_across_a_compaction_keep_their_overlay(
     assert sorted(held.tuples()) == want
 
 
-@pytest.mark.parametrize("step", [1, 2, 1 << 11])
-def test_deltas_during_a_compaction_are_carried(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """A compaction held until more deltas land: the new base's overlay carries exactly the
-    groups those deltas changed (recorded as they link), and nothing is lost, whether the
-    carry is one call or several (`step` groups per call)."""
-    import threading
-
-    monkeypatch.setattr(store_mod, "_CARRY_STEP", step)
+def _held_compaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[GraphStore, threading.Event, Snapshot, set[str]]:
+    """A store whose first delta started a background compaction that waits in `_repack`
+    until the returned event is set; the store, the event, that delta's snapshot and the
+    model of its tuples."""
     release = threading.Event()
     real = store_mod._repack
 
@@ -409,6 +408,16 @@ def test_deltas_during_a_compaction_are_carried(monkeypatch: pytest.MonkeyPatch,
     first = store.apply(Delta.of([f"fund:f{i}#editor@user:u0" for i in range(5)]))
     model |= {f"fund:f{i}#editor@user:u0" for i in range(5)}
     assert store._compacting  # started, held in _repack
+    return store, release, first, model
+
+
+@pytest.mark.parametrize("step", [1, 2, 1 << 11])
+def test_deltas_during_a_compaction_are_carried(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """A compaction held until more deltas land: the new base's overlay carries exactly the
+    groups those deltas changed (recorded as they link), and nothing is lost, whether the
+    carry is one call or several (`step` groups per call)."""
+    monkeypatch.setattr(store_mod, "_CARRY_STEP", step)
+    store, release, first, model = _held_compaction(monkeypatch)
     later = [f"fund:f{i}#editor@user:u9" for i in range(10, 13)]
     store.apply(Delta.of(later, ["fund:f1#viewer@user:u1"]))
     model = (model | set(later)) - {"fund:f1#viewer@user:u1"}
@@ -431,23 +440,8 @@ def test_deltas_between_the_steps_of_the_precarry_are_kept(
     land between its steps, rewriting groups it carried already and adding others: the
     published overlay holds the newest region of each (carried again under the lock), and
     nothing is lost."""
-    import threading
-
     monkeypatch.setattr(store_mod, "_CARRY_STEP", 1)
-    release = threading.Event()
-    real = store_mod._repack
-
-    def held(*args: object) -> object:
-        release.wait(10)
-        return real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(store_mod, "_repack", held)
-    store = GraphStore(min_compaction=2, compaction_ratio=0)
-    model = {f"fund:f{i}#viewer@user:u{i}" for i in range(20)}
-    store.load(sorted(model), revision=1)
-    first = store.apply(Delta.of([f"fund:f{i}#editor@user:u0" for i in range(5)]))
-    model |= {f"fund:f{i}#editor@user:u0" for i in range(5)}
-    assert store._compacting  # started, held in _repack
+    store, release, first, model = _held_compaction(monkeypatch)
     before = [f"fund:f{i}#editor@user:u9" for i in range(10, 16)]
     store.apply(Delta.of(before))
     model |= set(before)

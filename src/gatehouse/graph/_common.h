@@ -53,6 +53,20 @@ static inline int vec_extend(Vec *x, const int64_t *v, Py_ssize_t n)
     return 0;
 }
 
+/* `p` (a PyMem array of *cap items of `size` bytes, n of them in use) with room for one
+ * more: doubled from 64 when full. The array, or NULL with MemoryError (p left as it was). */
+static inline void *grow(void *p, Py_ssize_t n, Py_ssize_t *cap, size_t size)
+{
+    if (n < *cap)
+        return p;
+    Py_ssize_t c = *cap ? 2 * *cap : 64;
+    void *t = PyMem_Realloc(p, (size_t)c * size);
+    if (!t)
+        return PyErr_NoMemory();
+    *cap = c;
+    return t;
+}
+
 #define FIND_MAX 4
 
 /* Looks up names[0:n] (n <= FIND_MAX, exact str) in `interner`; out[i] is the oid or -1.

@@ -276,7 +276,7 @@ static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t na
     Py_buffer ob = {0}, db = {0};
     Py_buffer *held = NULL; /* the chunks of the regions read */
     Grp *gs = NULL;
-    Py_ssize_t nheld = 0, ng = 0, gcap = 0;
+    Py_ssize_t nheld = 0, hcap = 0, ng = 0, gcap = 0;
     int64_t *out = NULL; /* raw-allocated: grown without the GIL */
     Py_ssize_t nout = 0;
     PyObject *refs = NULL, *result = NULL;
@@ -301,15 +301,10 @@ static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t na
             PyErr_SetString(PyExc_ValueError, "append: object id out of range");
             goto done;
         }
-        if (ng == gcap) {
-            gcap = gcap ? 2 * gcap : 64;
-            Grp *t = PyMem_Realloc(gs, (size_t)gcap * sizeof(Grp));
-            if (!t) {
-                PyErr_NoMemory();
-                goto done;
-            }
-            gs = t;
-        }
+        Grp *more = grow(gs, ng, &gcap, sizeof *gs);
+        if (!more)
+            goto done;
+        gs = more;
         Grp *x = &gs[ng];
         memset(x, 0, sizeof *x);
         x->oid = oid, x->i = i, x->j = j, x->prev = -1;
@@ -324,14 +319,10 @@ static PyObject *pack_append(PyObject *mod, PyObject *const *args, Py_ssize_t na
         if (x->prev == -1 && PyErr_Occurred())
             goto done;
         for (long long r = x->prev; r >= 0;) {
-            if (nheld % 64 == 0) {
-                Py_buffer *t = PyMem_Realloc(held, (size_t)(nheld + 64) * sizeof(Py_buffer));
-                if (!t) {
-                    PyErr_NoMemory();
-                    goto done;
-                }
-                held = t;
-            }
+            Py_buffer *room = grow(held, nheld, &hcap, sizeof *held);
+            if (!room)
+                goto done;
+            held = room;
             const int64_t *reg;
             if (open_region(ovl, r, &held[nheld], &reg) < 0)
                 goto done;
@@ -737,7 +728,7 @@ static PyObject *pack_merge(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     Py_buffer nob = {0}, ndb = {0}, ob = {0}, db = {0}, pb = {0};
     Py_buffer *held = NULL; /* the chunks of this step's regions */
     Copy *plan = NULL;
-    Py_ssize_t nheld = 0, nplan = 0, cap = 0;
+    Py_ssize_t nheld = 0, hcap = 0, nplan = 0, cap = 0;
     PyObject *result = NULL;
     if (PyObject_GetBuffer(args[0], &nob, PyBUF_WRITABLE | PyBUF_FORMAT) < 0 ||
         PyObject_GetBuffer(args[1], &ndb, PyBUF_WRITABLE) < 0 ||
@@ -796,14 +787,10 @@ static PyObject *pack_merge(PyObject *mod, PyObject *const *args, Py_ssize_t nar
                 c.b = pos + (budget - work); /* empty groups of objects past the base */
             }
         } else { /* pos == next: its overlay region, its chunk held until the copy is done */
-            if (nheld % 64 == 0) {
-                Py_buffer *t = PyMem_Realloc(held, (size_t)(nheld + 64) * sizeof(Py_buffer));
-                if (!t) {
-                    PyErr_NoMemory();
-                    goto done;
-                }
-                held = t;
-            }
+            Py_buffer *room = grow(held, nheld, &hcap, sizeof *held);
+            if (!room)
+                goto done;
+            held = room;
             const int64_t *reg;
             if (open_region(args[5], pairs[2 * i + 1], &held[nheld], &reg) < 0)
                 goto done;
@@ -817,15 +804,10 @@ static PyObject *pack_merge(PyObject *mod, PyObject *const *args, Py_ssize_t nar
             PyErr_SetString(PyExc_IndexError, "merge: more entries than new_dat holds");
             goto done;
         }
-        if (nplan == cap) {
-            cap = cap ? 2 * cap : 64;
-            Copy *t = PyMem_Realloc(plan, (size_t)cap * sizeof(Copy));
-            if (!t) {
-                PyErr_NoMemory();
-                goto done;
-            }
-            plan = t;
-        }
+        Copy *more = grow(plan, nplan, &cap, sizeof *plan);
+        if (!more)
+            goto done;
+        plan = more;
         plan[nplan++] = c;
         w += c.n;
         work += (Py_ssize_t)(c.b - c.a) + c.n;
