@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -809,37 +810,35 @@ def test_c_carry_matches_the_python_one(
         assert want is not None
         assert got[0][got[1] : got[2]] == want[0][want[1] : want[2]]
     assert [x.tolist() for x in c_ovl] == [x.tolist() for x in p_ovl]
-    # In several calls, each going on from the last (what a compaction does, so readers get
-    # the GIL between calls): the same overlay, chunk for chunk, in C and in Python.
-    for cut in {0, len(oids) // 3, len(oids) // 2, len(oids)}:
-        s_ov, s_ovl = fresh()
-        s_size = c_carry(oids[:cut], s_ov, s_ovl)
-        more = c_carry(oids[cut:], s_ov, s_ovl)
-        assert (s_ov.as_dict(), s_size + more) == (c_ov.as_dict(), c_size)
-        assert [x.tolist() for x in s_ovl] == [x.tolist() for x in c_ovl]
+
+    def in_two(
+        carry: Callable[[list[int], store_mod.Overlay, list[array[int]]], int],
+        todo: list[int],
+        cut: int,
+    ) -> tuple[dict[int, int], int, list[list[int]]]:
+        """`carry` of `todo` in two calls, the second going on from the first (as a
+        compaction does, so readers get the GIL between calls): (overlay, entries, chunks)."""
         try:
             store_mod._CHUNK = chunk
-            q_ov, q_ovl = fresh()
-            q_size = py_carry(oids[:cut], q_ov, q_ovl)
-            more = py_carry(oids[cut:], q_ov, q_ovl)
+            new_ov, new_ovl = fresh()
+            size = carry(todo[:cut], new_ov, new_ovl)
+            size += carry(todo[cut:], new_ov, new_ovl)
         finally:
             store_mod._CHUNK = monkey
-        assert (q_ov.as_dict(), q_size + more) == (p_ov.as_dict(), p_size)
-        assert [x.tolist() for x in q_ovl] == [x.tolist() for x in p_ovl]
+        return new_ov.as_dict(), size, [x.tolist() for x in new_ovl]
+
+    c_whole = (c_ov.as_dict(), c_size, [x.tolist() for x in c_ovl])
+    p_whole = (p_ov.as_dict(), p_size, [x.tolist() for x in p_ovl])
+    # In several calls: the same overlay, chunk for chunk, in C and in Python.
+    for cut in {0, len(oids) // 3, len(oids) // 2, len(oids)}:
+        assert in_two(c_carry, oids, cut) == c_whole
+        assert in_two(py_carry, oids, cut) == p_whole
     # Oids repeated (the deltas' record of what they changed has one per delta): each group
     # is carried once, where it first appears.
     again = oids + oids[::-1] + oids[::2]
     for cut in {0, len(again) // 3, len(again)}:
         for carry in (c_carry, py_carry):
-            try:
-                store_mod._CHUNK = chunk
-                r_ov, r_ovl = fresh()
-                r_size = carry(again[:cut], r_ov, r_ovl)
-                more = carry(again[cut:], r_ov, r_ovl)
-            finally:
-                store_mod._CHUNK = monkey
-            assert (r_ov.as_dict(), r_size + more) == (c_ov.as_dict(), c_size)
-            assert [x.tolist() for x in r_ovl] == [x.tolist() for x in c_ovl]
+            assert in_two(carry, again, cut) == c_whole
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -18,7 +18,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "_common.h" /* Vec, find_names: from src/gatehouse/graph */
+#include "_common.h" /* Vec, shard_of, find_names: from src/gatehouse/graph */
 
 #define REL_BITS 12
 #define REL_MASK ((1LL << REL_BITS) - 1)
@@ -268,15 +268,8 @@ static int group(const View *v, int64_t ver, int64_t oid, const int64_t **arr, P
     PyObject *key = PyLong_FromLongLong(oid);
     if (!key)
         return -1;
-    /* the overlay's shards: 2^k dicts (k checked when bound), picked by the oid's low bits */
-    Py_ssize_t ns = PyList_GET_SIZE(v->ov);
-    PyObject *d = ns > 0 ? PyList_GET_ITEM(v->ov, oid & (ns - 1)) : NULL;
-    if (!d || !PyDict_Check(d)) {
-        Py_DECREF(key);
-        PyErr_SetString(PyExc_TypeError, "kernel: an overlay shard is not a dict");
-        return -1;
-    }
-    PyObject *ref = PyDict_GetItemWithError(d, key);
+    PyObject *d = shard_of(v->ov, oid);
+    PyObject *ref = d ? PyDict_GetItemWithError(d, key) : NULL;
     Py_DECREF(key);
     if (!ref && PyErr_Occurred())
         return -1;

@@ -187,19 +187,6 @@ static int flush(PyObject *c, const int64_t *out, Py_ssize_t n)
     return r ? 0 : -1;
 }
 
-/* The dict of an overlay's `shards` (Overlay.shards: a list of 2^k dicts, picked by the
- * oid's low k bits) that holds `oid`: borrowed, or NULL with an exception set. */
-static PyObject *shard_of(PyObject *shards, long long oid)
-{
-    Py_ssize_t n = PyList_Check(shards) ? PyList_GET_SIZE(shards) : 0;
-    PyObject *d = n > 0 && !(n & (n - 1)) ? PyList_GET_ITEM(shards, oid & (n - 1)) : NULL;
-    if (!d || !PyDict_Check(d)) {
-        PyErr_SetString(PyExc_TypeError, "overlay shards: not a list of 2^k dicts");
-        return NULL;
-    }
-    return d;
-}
-
 /* The region `ref` (chunk << 32 | start) of the overlay chunks `ovl`: *b holds its chunk's
  * buffer (the caller releases it), *region points at its header [version, prev, n].
  * Returns 0, or -1 with an exception set (and nothing held). */
@@ -1048,7 +1035,7 @@ static PyObject *pack_touch_names(PyObject *mod, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_TypeError, "touch_names(interner, names: list)");
         return NULL;
     }
-    PyObject *names = args[1], *slots = NULL, *table = NULL;
+    PyObject *names = args[1], *table = NULL;
     Py_ssize_t n = PyList_GET_SIZE(names);
     Py_hash_t *h = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Py_hash_t));
     Py_buffer b = {0};
@@ -1058,30 +1045,26 @@ static PyObject *pack_touch_names(PyObject *mod, PyObject *const *args, Py_ssize
         PyObject *nm = PyList_GET_ITEM(names, k);
         if (!PyUnicode_CheckExact(nm)) {
             PyErr_SetString(PyExc_TypeError, "touch_names: names must be str");
-            goto fail;
+            PyMem_Free(h);
+            return NULL;
         }
-        if ((h[k] = PyObject_Hash(nm)) == -1) /* cached in the str: find() reuses it */
-            goto fail;
+        if ((h[k] = PyObject_Hash(nm)) == -1) { /* cached in the str: find() reuses it */
+            PyMem_Free(h);
+            return NULL;
+        }
     }
-    slots = PyObject_GetAttrString(args[0], "_slots");
-    table = slots ? PyObject_GetAttrString(args[0], "names") : NULL;
-    if (!table || !PyList_Check(table) || PyObject_GetBuffer(slots, &b, PyBUF_SIMPLE) < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "touch_names: not an interner");
-        goto fail;
+    if (interner_tables(args[0], &b, &table) < 0) {
+        PyMem_Free(h);
+        return NULL;
     }
-    Py_ssize_t size = b.len / 4, count = PyList_GET_SIZE(table);
-    if (b.len % 4 || size == 0 || size & (size - 1)) {
-        PyErr_SetString(PyExc_ValueError, "touch_names: slot table size is not a power of two");
-        goto fail;
-    }
+    Py_ssize_t mask = b.len / 4 - 1, count = PyList_GET_SIZE(table);
     const int32_t *sl = b.buf;
     PyObject **items = ((PyListObject *)table)->ob_item;
     volatile Py_hash_t sink;
     Py_hash_t acc = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t k = 0; k < n; k++) {
-        Py_ssize_t i = (Py_ssize_t)((Py_uhash_t)h[k] & (Py_uhash_t)(size - 1));
+        Py_ssize_t i = (Py_ssize_t)((Py_uhash_t)h[k] & (Py_uhash_t)mask);
         for (int steps = 0; steps < 64; steps++) {
             int32_t o = sl[i];
             if (o < 0 || o >= count)
@@ -1092,24 +1075,16 @@ static PyObject *pack_touch_names(PyObject *mod, PyObject *const *args, Py_ssize
                 acc += ((const volatile char *)nm)[sizeof(PyASCIIObject)]; /* its text */
                 break;
             }
-            i = (i + 1) & (size - 1);
+            i = (i + 1) & mask;
         }
     }
     Py_END_ALLOW_THREADS
     sink = acc;
     (void)sink;
     PyBuffer_Release(&b);
-    Py_DECREF(slots);
     Py_DECREF(table);
     PyMem_Free(h);
     Py_RETURN_NONE;
-fail:
-    if (b.obj)
-        PyBuffer_Release(&b);
-    Py_XDECREF(slots);
-    Py_XDECREF(table);
-    PyMem_Free(h);
-    return NULL;
 }
 
 /* link(shards, refs) -> olds: points the overlay `shards` (Overlay.shards) at each (oid,

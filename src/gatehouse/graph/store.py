@@ -156,21 +156,16 @@ class Overlay:
     def link(self, refs: list[tuple[int, int]]) -> list[int | None]:
         """Point each oid of `refs` at its ref, in order; what each held before (None:
         absent). All or nothing."""
-        if _packer is not None:  # in C, a slice at a time
-            olds: list[int | None] = []
-            try:
+        olds: list[int | None] = []
+        try:
+            if _packer is not None:  # in C, a slice at a time (each call all or nothing)
                 for i in range(0, len(refs), _LINK_STEP):
                     olds += _packer.link(self.shards, refs[i : i + _LINK_STEP])
-            except BaseException:
-                self.unlink(refs[: len(olds)], olds)
-                raise
-            return olds
-        olds = []  # the Python loop below
-        try:
-            for oid, ref in refs:
-                shard = self.shards[oid & _SHARD_MASK]
-                olds.append(shard.get(oid))
-                shard[oid] = ref
+            else:
+                for oid, ref in refs:
+                    shard = self.shards[oid & _SHARD_MASK]
+                    olds.append(shard.get(oid))
+                    shard[oid] = ref
         except BaseException:
             self.unlink(refs[: len(olds)], olds)
             raise
@@ -793,8 +788,8 @@ class GraphStore:
                 if locked:
                     self._swap_base(snap, (f_off, f_dat), (r_off, r_dat))
                 else:
-                    # The new overlay's dicts and chunks are made under the write lock with
-                    # the GIL held: fault their pages in beforehand, without it.
+                    # The carry fills the new overlay's chunks with the GIL held: fault heap
+                    # pages in for them beforehand, without it.
                     if _packer is not None:
                         _packer.warm(_WARM)
                     carries = (_Carry(), _Carry())
